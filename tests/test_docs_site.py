@@ -1,0 +1,153 @@
+"""The website, built offline from the notebooks and opened in headless Chromium.
+
+Chromium is found as `chromium` (Debian) or `chromium-browser`/`google-chrome` on PATH. Without it the
+tests skip with the reason, unless OPT_LAB_REQUIRE_BROWSER=1 (set by .ci/run), where they fail.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "_docs"
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+if BROWSER is None:
+    if os.environ.get("OPT_LAB_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("OPT_LAB_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install -y chromium)")
+    pytestmark = pytest.mark.skip(reason="no Chromium on PATH: install the Debian package `chromium` to run the browser check")
+
+
+class _Dom(HTMLParser):
+    "Ids, image sources and the text of <pre> blocks of an HTML document."
+    def __init__(self):
+        super().__init__()
+        self.ids, self.img_srcs, self.pre_texts, self.h1, self._pre_depth, self._in_h1 = set(), [], [], "", 0, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs: self.ids.add(attrs["id"])
+        if tag == "img": self.img_srcs.append(attrs.get("src") or "")
+        if tag == "h1": self._in_h1 = True
+        if tag == "pre":
+            self._pre_depth += 1
+            self.pre_texts.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "pre": self._pre_depth -= 1
+        if tag == "h1": self._in_h1 = False
+
+    def handle_data(self, data):
+        if self._pre_depth: self.pre_texts[-1] += data
+        if self._in_h1: self.h1 += data
+
+
+def _chromium(tmp_path, *args):
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    res = subprocess.run([BROWSER, *FLAGS, f"--user-data-dir={profile}", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def site():
+    "Build the site once, offline, exactly as `opt_lab docs --engine offline` does."
+    run_cli = "import sys; from opt_lab.cli import main; sys.exit(main(sys.argv[1:]))"
+    res = subprocess.run([sys.executable, "-c", run_cli, "docs", "--engine", "offline"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    index = Path(res.stdout.strip().splitlines()[-1])
+    assert index == (DOCS / "index.html").resolve() and index.exists()
+    assert "offline renderer" in res.stdout
+    return DOCS
+
+
+def _sidebar_pages():
+    "Notebook names listed in nbs/sidebar.yml, as Quarto names their pages."
+    def walk(items):
+        for it in items:
+            if isinstance(it, str): yield it
+            elif isinstance(it, dict):
+                if "href" in it: yield it["href"]
+                yield from walk(it.get("contents", []))
+    side = yaml.safe_load((ROOT / "nbs" / "sidebar.yml").read_text())
+    return [re.sub(r"^\d+[a-zA-Z0-9]*_", "", Path(p).stem) + ".html" for p in walk(side["website"]["sidebar"]["contents"])]
+
+
+@pytest.fixture(scope="module")
+def doms(site, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chromium")
+    out = {}
+    for page in _sidebar_pages():
+        assert (site / page).exists(), f"sidebar page {page} was not rendered"
+        dom = _Dom()
+        dom.feed(_chromium(tmp, "--dump-dom", (site / page).as_uri()))
+        out[page] = dom
+    return out
+
+
+def test_sidebar_pages_render(doms):
+    from execnb.nbio import read_nb
+    assert "index.html" in doms and "core.html" in doms
+    for nb in (ROOT / "nbs").glob("*.ipynb"):
+        page = re.sub(r"^\d+[a-zA-Z0-9]*_", "", nb.stem) + ".html"
+        assert page in doms, f"{nb.name} is not in nbs/sidebar.yml"
+        title = read_nb(nb).cells[0].source.splitlines()[0].lstrip("# ").strip()
+        assert doms[page].h1.strip() == title.replace("`", ""), f"{page}: title {doms[page].h1!r}, expected {title!r}"
+
+
+def test_every_public_symbol_has_its_anchor(doms):
+    from opt_lab._modidx import d
+    missing = []
+    for module, syms in d["syms"].items():
+        for name, (link, _) in syms.items():
+            if any(part.startswith("_") for part in name.split(".")[2:]): continue
+            page, anchor = link.split("#")
+            if page not in doms: missing.append(f"{name}: page {page} not in the sidebar"); continue
+            if anchor not in doms[page].ids: missing.append(f"{name}: no #{anchor} on {page}")
+    assert not missing, "\n".join(missing)
+
+
+def _visible_png_outputs(nb_path):
+    "Number of code cells whose saved outputs hold a PNG and that a reader sees."
+    from nbdev.process import extract_directives
+    from execnb.nbio import read_nb
+    count = 0
+    for cell in read_nb(nb_path).cells:
+        if cell.cell_type != "code": continue
+        opts = {k.rstrip(":"): v for k, v in extract_directives(cell, remove=False).items()}
+        if "hide" in opts or opts.get("include") == ["false"] or opts.get("output") == ["false"]: continue
+        count += sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+    return count
+
+
+def test_every_figure_is_an_image(doms):
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        page = re.sub(r"^\d+[a-zA-Z0-9]*_", "", nb.stem) + ".html"
+        if page not in doms: continue
+        pngs = [s for s in doms[page].img_srcs if s.startswith("data:image/png") or s.endswith(".png")]
+        assert len(pngs) >= _visible_png_outputs(nb), f"{page}: {len(pngs)} PNG images for {_visible_png_outputs(nb)} figures"
+    assert any(s.startswith("data:image/png") or s.endswith(".png") for s in doms["core.html"].img_srcs)
+
+
+def test_no_directive_leaks(doms):
+    for page, dom in doms.items():
+        leaked = [line for text in dom.pre_texts for line in text.splitlines() if line.lstrip().startswith("#|")]
+        assert not leaked, f"{page} shows nbdev directives: {leaked[:3]}"
+
+
+def test_screenshot_is_not_empty(site, tmp_path):
+    shot = tmp_path / "core.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", (site / "core.html").as_uri())
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
