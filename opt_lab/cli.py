@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['process_notebooks', 'strip_order_prefixes', 'render_site', 'build_docs', 'notebook_markdown', 'readme_path',
-           'write_readme', 'tree_fingerprint', 'changed_files', 'run_checks', 'main']
+__all__ = ['BENCHMARKS', 'process_notebooks', 'strip_order_prefixes', 'render_site', 'build_docs', 'notebook_markdown',
+           'readme_path', 'write_readme', 'tree_fingerprint', 'changed_files', 'run_checks', 'run_benchmark', 'main']
 
 # %% ../nbs/90_cli.ipynb #84da9025
 def _config():
@@ -170,7 +170,18 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
     print(f"\nAll checks {'passed' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     return code
 
-# %% ../nbs/90_cli.ipynb #b5253a22
+# %% ../nbs/90_cli.ipynb #b0218f3e
+BENCHMARKS = {"optim": ("opt_lab.optim", "bench_optim")}
+
+def run_benchmark(target: str, # a key of `BENCHMARKS`
+                  **options, # the benchmark function's keyword arguments (`None` values are left out)
+                 ):
+    "Run the named benchmark and return its table."
+    import importlib
+    module, function = BENCHMARKS[target]
+    return getattr(importlib.import_module(module), function)(**{k: v for k, v in options.items() if v is not None})
+
+# %% ../nbs/90_cli.ipynb #daba8616
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opt_lab", description="opt_lab: the book's chores.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,11 +190,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="renderer: Quarto, the offline smalldocs preview, or auto (Quarto when on PATH)")
     sub.add_parser("test", help="clean/export in sync, nbdev_test, pytest tests/ (incl. the browser check); "
                    "further arguments go to pytest")
+    bench = sub.add_parser("bench", help="print a benchmark table measured side by side with the reference library")
+    bench.add_argument("target", choices=sorted(BENCHMARKS), help="what to benchmark")
+    bench.add_argument("--sizes", type=float, nargs="+", help="problem sizes (numbers of parameters for optim)")
+    bench.add_argument("--steps", type=int, help="steps per timing")
+    bench.add_argument("--repeats", type=int, help="timings per cell; the median is reported")
     readme = sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
     readme.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     return p
 
-# %% ../nbs/90_cli.ipynb #0be20c1e
+# %% ../nbs/90_cli.ipynb #52ed6b55
 def main(argv: list[str] | None=None, # arguments; `sys.argv[1:]` when `None`
         ) -> int:
     "Entry point of the `opt_lab` console script."
@@ -194,6 +210,13 @@ def main(argv: list[str] | None=None, # arguments; `sys.argv[1:]` when `None`
         print(build_docs(args.engine).resolve())
         return 0
     if args.command == "test": return run_checks(extra)
+    if args.command == "bench":
+        import pandas as pd
+        sizes = tuple(int(n) for n in args.sizes) if args.sizes else None
+        table = run_benchmark(args.target, sizes=sizes, steps=args.steps, repeats=args.repeats)
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        return 0
     if args.command == "readme":
         print(write_readme(check=args.check))
         return 0

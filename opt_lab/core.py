@@ -228,7 +228,7 @@ def set_theme(font_size: float=10, # base font size in points
         "lines.linewidth": 1.6, "image.cmap": "viridis",
     })
 
-# %% ../nbs/00_core.ipynb #b93fe0ed
+# %% ../nbs/00_core.ipynb #db925182
 class Explorer:
     "A thin ipywidgets shell: the `controls`' values feed `compute`, whose result `plot` draws on one axes."
     def __init__(self,
@@ -236,12 +236,14 @@ class Explorer:
                  plot: Callable, # `plot(ax, data)`, draws on the given axes
                  controls: Mapping, # name -> ipywidgets control; names are `compute`'s keyword arguments
                  figsize: tuple | None=None, # figure size; Matplotlib's default if `None`
+                 ncols: int=1, # panels side by side; with more than one, `plot` receives the tuple of axes
                 ):
         import ipywidgets as widgets
         self.compute, self.plot, self.controls = compute, plot, dict(controls)
         # A bare Figure, unknown to pyplot: `plt.show()` elsewhere never shows it and closing is not needed.
-        self.fig = mpl.figure.Figure(figsize=figsize or mpl.rcParams["figure.figsize"])
-        self.ax = self.fig.add_subplot()
+        self.fig = mpl.figure.Figure(figsize=figsize or mpl.rcParams["figure.figsize"], layout="constrained")
+        axes = tuple(self.fig.subplots(1, check_int("ncols", ncols, minimum=1), squeeze=False)[0])
+        self.ax = axes[0] if ncols == 1 else axes
         self.output = widgets.Output()
         self._shown = False
         for control in self.controls.values(): control.observe(self._on_change, names="value")
@@ -255,7 +257,7 @@ class Explorer:
     def update(self):
         "Recompute from the controls' values and redraw."
         self.data = self.compute(**self.values)
-        self.ax.clear()
+        for ax in self.fig.axes: ax.clear()
         self.plot(self.ax, self.data)
         if self._shown: self._refresh_output()
 

@@ -89,7 +89,7 @@ class GuardedState(NamedTuple):
     inner: Any # the wrapped transform's state
     skipped: jax.Array # number of steps skipped for non-finite gradients
 
-# %% ../nbs/10_sgd.ipynb #3579b35f
+# %% ../nbs/10_sgd.ipynb #e1e7822d
 def _raise_nonfinite(finite_per_leaf, count, names):
     bad = [n for n, ok in zip(names, np.asarray(finite_per_leaf)) if not ok]
     if bad:
@@ -116,11 +116,12 @@ def guard_nonfinite(tx: GradientTransformation, # the transform to protect
                          lambda: jax.debug.callback(_raise_nonfinite, jnp.stack(per_leaf), count, names=names))
             updates, inner = tx.update(grads, state.inner, params, **extra)
             return updates, GuardedState(inner, state.skipped)
-        safe = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-        updates, inner = tx.update(safe, state.inner, params, **extra)
-        keep = lambda new, old: jnp.where(finite, new, old)
-        inner = jax.tree_util.tree_map(keep, inner, state.inner)
-        updates = jax.tree_util.tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+        def step(_): return tx.update(grads, state.inner, params, **extra)
+        def skip(_):
+            shapes = jax.eval_shape(step, None)
+            return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0]), state.inner
+        # a cond, not a select: a good step costs one reduction over the gradients and nothing more
+        updates, inner = jax.lax.cond(finite, step, skip, None)
         return updates, GuardedState(inner, state.skipped + (~finite).astype(jnp.int32))
     return GradientTransformation(init, update)
 
