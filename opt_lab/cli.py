@@ -181,7 +181,7 @@ def run_benchmark(target: str, # a key of `BENCHMARKS`
     module, function = BENCHMARKS[target]
     return getattr(importlib.import_module(module), function)(**{k: v for k, v in options.items() if v is not None})
 
-# %% ../nbs/90_cli.ipynb #daba8616
+# %% ../nbs/90_cli.ipynb #d791e943
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opt_lab", description="opt_lab: the book's chores.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("target", choices=sorted(BENCHMARKS), help="what to benchmark")
     bench.add_argument("--sizes", type=float, nargs="+", help="problem sizes (numbers of parameters for optim)")
     bench.add_argument("--steps", type=int, help="steps per timing")
-    bench.add_argument("--repeats", type=int, help="timings per cell; the median is reported")
+    bench.add_argument("--repeats", type=int, help="timings per cell; the best is reported")
     readme = sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
     readme.add_argument("--check", action="store_true", help="only check that README.md is up to date")
     return p

@@ -147,20 +147,20 @@ def rosenbrock_explorer() -> Explorer:
         steps=widgets.IntSlider(value=300, min=10, max=3000, step=10, description="steps")),
         figsize=(10, 4), ncols=2)
 
-# %% ../nbs/16_optim.ipynb #76f9439e
+# %% ../nbs/16_optim.ipynb #0231d4b0
 def _pytree(n, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     rows = max(1, int(np.sqrt(n * 0.9)))
     shapes = [(rows, max(1, int(n * 0.9) // rows)), (max(1, n // 20),), (n - rows * max(1, int(n * 0.9) // rows) - max(1, n // 20),)]
     return {f"p{i}": rng.standard_normal(s).astype(dtype) for i, s in enumerate(shapes) if np.prod(s) > 0}
 
-def _time_jax(tx, params, grads, steps, repeats):
+def _jax_stepper(tx, params, grads):
+    "A function running `steps` donated, jitted steps of `tx` from fresh parameters and state; returns seconds per step."
     def step(p, s, g):
         u, s = tx.update(g, s, p)
         return apply_updates(p, u), s
     step = jax.jit(step, donate_argnums=(0, 1))
-    times = []
-    for _ in range(repeats):
+    def run(steps):
         p = jax.tree_util.tree_map(jnp.array, params)
         s = tx.init(p)
         p, s = step(p, s, grads)  # compile / warm up
@@ -168,8 +168,15 @@ def _time_jax(tx, params, grads, steps, repeats):
         t0 = time.perf_counter()
         for _ in range(steps): p, s = step(p, s, grads)
         jax.block_until_ready(p)
-        times.append((time.perf_counter() - t0) / steps)
-    return float(np.median(times))
+        return (time.perf_counter() - t0) / steps
+    return run
+
+def _time_interleaved(runners, steps, repeats):
+    "Best time per step of each runner; the runners take turns in every repeat, so slow spells of the machine hit all."
+    times = [[] for _ in runners]
+    for _ in range(repeats):
+        for t, run in zip(times, runners): t.append(run(steps))
+    return [float(np.min(t)) for t in times]
 
 def _straightforward_numpy_adam(params, grads, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     for p, g, mi, vi in zip(params, grads, m, v):
@@ -177,19 +184,19 @@ def _straightforward_numpy_adam(params, grads, m, v, t, lr=1e-3, b1=0.9, b2=0.99
         vi *= b2; vi += (1 - b2) * g * g
         p -= lr * (mi / (1 - b1 ** t)) / (np.sqrt(vi / (1 - b2 ** t)) + eps)
 
-def _time_numpy(step, steps, repeats):
-    times = []
-    for _ in range(repeats):
+def _numpy_stepper(step):
+    "Like `_jax_stepper`, for a NumPy step function `step(t)`."
+    def run(steps):
         step(0)
         t0 = time.perf_counter()
         for t in range(steps): step(t + 1)
-        times.append((time.perf_counter() - t0) / steps)
-    return float(np.median(times))
+        return (time.perf_counter() - t0) / steps
+    return run
 
-# %% ../nbs/16_optim.ipynb #14f0ce93
+# %% ../nbs/16_optim.ipynb #43a275d8
 def bench_optim(sizes: tuple=(1_000, 100_000, 1_000_000), # total numbers of float32 parameters
                 steps: int=200, # steps per timing
-                repeats: int=5, # timings per cell (median reported)
+                repeats: int=5, # timings per cell (the best is reported)
                ) -> pd.DataFrame:
     "Time per step: opt_lab vs optax (jitted, donated) and the in-place NumPy path vs plain NumPy Adam."
     try: import optax
@@ -204,20 +211,20 @@ def bench_optim(sizes: tuple=(1_000, 100_000, 1_000_000), # total numbers of flo
         params = _pytree(int(n))
         grads = jax.tree_util.tree_map(lambda p: jnp.asarray(p * 1e-2), params)
         for name, ours, theirs in pairs:
-            t_ours = _time_jax(ours, params, grads, steps, repeats)
-            t_ref = _time_jax(theirs(), params, grads, steps, repeats) if optax else float("nan")
+            runners = [_jax_stepper(ours, params, grads)] + ([_jax_stepper(theirs(), params, grads)] if optax else [])
+            t_ours, t_ref = (_time_interleaved(runners, steps, repeats) + [float("nan")])[:2]
             rows.append(dict(size=int(n), optimizer=name, path="jax", opt_lab_us=1e6 * t_ours, reference="optax",
                              reference_us=1e6 * t_ref, ratio=t_ours / t_ref))
         plist = [np.array(p) for p in params.values()]
         glist = [np.asarray(g) for g in grads.values()]
         zeros = lambda: [np.zeros_like(p) for p in plist]
         plain_p, m, v = [p.copy() for p in plist], zeros(), zeros()
-        t_plain = _time_numpy(lambda t: _straightforward_numpy_adam(plain_p, glist, m, v, t + 1), steps, repeats)
         opt = Optimizer("adam", [p.copy() for p in plist], inplace=True, record=False)
         kernel_p, kernel_state, scratch = [p.copy() for p in plist], {"count": 0, "mu": zeros(), "nu": zeros()}, zeros()
         def kernel_step(t): kernel_state["count"] = _numpy_step("adam", opt.hyperparameters, kernel_p, glist, kernel_state, scratch)
-        t_kernel = _time_numpy(kernel_step, steps, repeats)
-        t_opt = _time_numpy(lambda t: opt.update(glist), steps, repeats)
+        t_plain, t_kernel, t_opt = _time_interleaved(
+            [_numpy_stepper(lambda t: _straightforward_numpy_adam(plain_p, glist, m, v, t + 1)), _numpy_stepper(kernel_step),
+             _numpy_stepper(lambda t: opt.update(glist))], steps, repeats)
         for name, t in [("adam, NumPy kernel", t_kernel), ("adam, Optimizer(inplace=True).update (checks incl.)", t_opt)]:
             rows.append(dict(size=int(n), optimizer=name, path="numpy", opt_lab_us=1e6 * t, reference="plain in-place NumPy Adam",
                              reference_us=1e6 * t_plain, ratio=t / t_plain))

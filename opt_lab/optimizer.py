@@ -126,7 +126,7 @@ def _from_json(x):
 def _copy_leaves(tree) -> list[np.ndarray]:
     return [np.array(leaf, copy=True) for leaf in jax.tree_util.tree_leaves(tree)]
 
-# %% ../nbs/15_optimizer.ipynb #a7125bd3
+# %% ../nbs/15_optimizer.ipynb #4920ef4d
 class Optimizer:
     "A stateful optimizer: parameters, optimizer state, step count and history, around any transform."
     FORMAT = "opt_lab.Optimizer/1"
@@ -182,8 +182,7 @@ class Optimizer:
                **extra, # e.g. `value=` (the loss; needed by "polyak", recorded in the history)
               ):
         "Apply one step; return the new parameters. Gradients are checked for structure and finiteness."
-        check_same_structure("grads", grads, self.params)
-        check_finite("grads", grads)
+        self._check_grads(grads)
         if self.inplace:
             self.state["count"] = _numpy_step(self.name, self.hyperparameters, self.params, grads, self.state,
                                               self._scratch, extra.get("value"))
@@ -195,6 +194,13 @@ class Optimizer:
             scalars = {k: float(v) for k, v in extra.items() if np.ndim(v) == 0}
             self.history.record(step=self.step, grad_norm=_grad_norm(grads), **scalars)
         return self.params
+
+    def _check_grads(self, grads):
+        "Structure and finiteness of `grads`; lists of arrays take a fast path, the messages come from the core checks."
+        if self.inplace and isinstance(grads, list) and len(grads) == len(self.params) and all(
+                np.shape(g) == p.shape and np.isfinite(g).all() for g, p in zip(grads, self.params)): return
+        check_same_structure("grads", grads, self.params)
+        check_finite("grads", grads)
 
     def update_layers(self, weights: list, biases: list, # the arrays given as `params` (weights then biases)
                       weight_grads: list, bias_grads: list, # their gradients
