@@ -124,3 +124,16 @@ def test_every_alias_runs_both_paths():
         for inplace in (False, True):
             opt = _run(Optimizer(name, _params(), inplace=inplace), range(3))
             assert opt.step == 3 and all(np.isfinite(np.asarray(p)).all() for p in opt.params)
+
+
+def test_rosenbrock_explorer_headless():
+    from opt_lab.optim import rosenbrock_explorer
+    ex = rosenbrock_explorer()
+    first = ex.data["path"].copy()
+    ex.controls["optimizer"].value = "polyak"
+    assert ex.data["label"].startswith("polyak") and not np.array_equal(first, ex.data["path"])
+    ex.controls["log10_lr"].value = 0.0
+    ex.controls["optimizer"].value = "sgd"  # diverges at this learning rate: shown, not raised
+    assert ex.data["label"].endswith("(diverged)")
+    ex.controls["steps"].value = 20
+    assert len(ex.data["loss"]) == 21 and len(ex.ax[1].lines[0].get_xdata()) == 21
