@@ -44,7 +44,14 @@ def polyak_stepsize(value, # f_i(x)
     # no curvature information: step to the cap if there is a gap to close, else stay
     return jnp.where(positive, jnp.minimum(ratio, max_stepsize), jnp.where(gap > 0, max_stepsize, 0.0))
 
-# %% ../nbs/14_polyak.ipynb #ec0098b5
+# %% ../nbs/14_polyak.ipynb #ccf72cf1
+def _sqnorm(tree): return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))
+
+def _polyak_velocity(velocity, grads, value, max_stepsize, delta, fun_min, momentum, variant, dtype):
+    "The Polyak step from the loss and gradient, and the velocity $v \\leftarrow \\beta v - \\gamma g$; shared by `polyak_sgd` and `PolyakSGD`."
+    step = polyak_stepsize(value, _sqnorm(grads), max_stepsize, delta, fun_min, variant).astype(dtype)
+    return jax.tree_util.tree_map(lambda v, g: momentum * v - step * g, velocity, grads), step
+
 def _check_variant(variant):
     if variant not in ("SPS_max", "SPS+"): raise ValueError(f"variant must be 'SPS_max' or 'SPS+', got {variant!r}")
     return variant
@@ -70,9 +77,8 @@ def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
 
     def update(grads, state, params=None, *, value=None, **extra):
         if value is None: raise ValueError("polyak_sgd's update needs value=, the loss at the current parameters")
-        sqnorm = sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads))
-        step = polyak_stepsize(value, sqnorm, max_stepsize, delta, fun_min, variant).astype(state.stepsize.dtype)
-        velocity = tm(lambda v, g: momentum * v - step * g, state.velocity, grads)
+        velocity, step = _polyak_velocity(state.velocity, grads, value, max_stepsize, delta, fun_min, momentum, variant,
+                                          state.stepsize.dtype)
         return velocity, PolyakState(state.count + 1, step, velocity)
     return guard_nonfinite(GradientTransformation(init, update), nonfinite)
 
@@ -88,7 +94,7 @@ class PolyakSGDState(NamedTuple):
     num_fun_eval: jax.Array # loss evaluations so far
     num_grad_eval: jax.Array # gradient evaluations so far
 
-# %% ../nbs/14_polyak.ipynb #d7614419
+# %% ../nbs/14_polyak.ipynb #52f41dea
 def _value_and_grad(fun, value_and_grad, has_aux):
     "Normalise `fun` to `params, *args -> ((value, aux), grad)`."
     if value_and_grad:
@@ -104,13 +110,12 @@ def _value_and_grad(fun, value_and_grad, has_aux):
         return (value, None), grad
     return vg
 
-def _tree_norm(tree): return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+def _tree_norm(tree): return jnp.sqrt(_sqnorm(tree))
 
 def _step(params, state, value, grad, hyper, variant):
     "One Polyak step from `params`, given the loss and gradient there: new params and the new velocity and step size."
-    step = polyak_stepsize(value, _tree_norm(grad) ** 2, hyper["max_stepsize"], hyper["delta"], hyper["fun_min"], variant)
-    step = step.astype(state.stepsize.dtype)
-    velocity = jax.tree_util.tree_map(lambda v, g: hyper["momentum"] * v - step * g, state.velocity, grad)
+    velocity, step = _polyak_velocity(state.velocity, grad, value, hyper["max_stepsize"], hyper["delta"], hyper["fun_min"],
+                                      hyper["momentum"], variant, state.stepsize.dtype)
     params = jax.tree_util.tree_map(lambda p, v: (p + v).astype(p.dtype), params, velocity)
     return params, velocity, step
 
