@@ -170,8 +170,8 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
     print(f"\nAll checks {'passed' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     return code
 
-# %% ../nbs/90_cli.ipynb #b0218f3e
-BENCHMARKS = {"optim": ("opt_lab.optim", "bench_optim")}
+# %% ../nbs/90_cli.ipynb #7ee9927c
+BENCHMARKS = {"optim": ("opt_lab.optim", "bench_optim"), "mice": ("opt_lab.mice.baselines", "bench_mice")}
 
 def run_benchmark(target: str, # a key of `BENCHMARKS`
                   **options, # the benchmark function's keyword arguments (`None` values are left out)

@@ -1,0 +1,217 @@
+"MICE: the invariants, error control, budgets and failure modes that the issue asks for (see nbs/2*_mice_*.ipynb)."
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from opt_lab.mice import MICE, DropRestartClipPolicy, FiniteSampler, mice_error, optimal_sample_sizes, plot_mice
+from opt_lab.mice.baselines import logistic_mice, logistic_problem
+from opt_lab.mice.problems import evaluations_to, random_quadratic, rms_error, run_mice
+
+QUAD = random_quadratic()
+
+
+def counting(grad):
+    "Wrap a grad so that it counts the per-sample gradients it returns."
+    seen = [0]
+    def wrapped(x, thetas):
+        out = grad(x, thetas)
+        seen[0] += len(out)
+        return out
+    return wrapped, seen
+
+
+def quad_est(**kw):
+    return MICE(QUAD["grad"], QUAD["sampler"], **kw)
+
+
+def drive(est, x0, step, calls=None):
+    x, k = np.array(x0, float), 0
+    while not est.terminate and (calls is None or k < calls):
+        x = x - step * est(x)
+        k += 1
+    return x
+
+
+# -- finite sums -------------------------------------------------------------------------------------
+def test_level_with_all_samples_is_the_full_data_set():
+    rng = np.random.default_rng(0)
+    data = np.sort(rng.normal(size=(300, 2)), axis=0)  # sorted: sampling must not depend on the order
+    grad = lambda x, rows: x - rows + 0.1 * rows * x
+    full = lambda x: grad(x, data).mean(0)
+    est = MICE(grad, data, eps=0.1, min_batch=5, max_cost=20_000, seed=0)
+    x, checked = np.array([3.0, -2.0]), 0
+    while not est.terminate:
+        g = est(x)
+        for lvl in est.levels:
+            if lvl.m == len(data):
+                np.testing.assert_allclose(lvl.mean_grad, full(lvl.x), atol=1e-12)
+                checked += 1
+        x = x - 0.5 * g
+    assert checked > 0
+
+
+def test_finite_sampler_is_a_permutation_whatever_the_order():
+    data = np.arange(1000.0)
+    draws = FiniteSampler(data, np.random.default_rng(1))
+    first = draws(50)
+    assert abs(first.mean() - 499.5) < 150  # not the first 50 rows
+    rest = np.concatenate([draws(n) for n in (100, 300, 550)])
+    np.testing.assert_array_equal(np.sort(np.concatenate([first, rest])), data)
+
+
+# -- error control -----------------------------------------------------------------------------------
+def test_error_control_on_the_quadratic():
+    log = run_mice(quad_est(max_cost=40_000, seed=3), QUAD)
+    assert rms_error(log) <= 1.1 * 0.577
+
+
+def test_error_control_and_convergence_on_logistic_regression():
+    problem = logistic_problem()
+    log = run_mice(logistic_mice(problem, seed=1), problem)
+    assert rms_error(log) <= 1.1 * 0.577
+    assert (log.gap <= 1e-6).any()
+
+
+def test_sample_complexity_not_worse_than_mice_1_0_5():
+    counts = np.median([evaluations_to(run_mice(quad_est(max_cost=60_000, seed=s), QUAD)) for s in range(5)], axis=0)
+    assert np.all(counts <= [2780, 10160, 17600, 35856])
+
+
+# -- costs and budget ----------------------------------------------------------------------------------
+def test_every_evaluation_counted_once_differences_cost_two():
+    grad, seen = counting(QUAD["grad"])
+    est = MICE(grad, QUAD["sampler"], max_cost=5000, seed=0)
+    drive(est, QUAD["x0"], 1 / QUAD["L"])
+    assert est.counter == seen[0]
+    assert est.levels[0].cost == 1 and all(lvl.cost == 2 for lvl in est.levels[1:])
+
+
+@settings(max_examples=25, deadline=None)
+@given(budget=st.integers(1, 6000), seed=st.integers(0, 10**6), finite=st.booleans(), clip=st.sampled_from([None, "full", "all"]))
+def test_max_cost_is_a_hard_budget(budget, seed, finite, clip):
+    rng = np.random.default_rng(seed)
+    sampler = rng.uniform(size=400) if finite else QUAD["sampler"]
+    grad, seen = counting(QUAD["grad"])
+    est = MICE(grad, sampler, max_cost=budget, seed=seed, policy=DropRestartClipPolicy(clip_type=clip))
+    x = drive(est, QUAD["x0"], 1 / QUAD["L"])
+    assert est.counter <= budget and est.counter == seen[0]
+    assert est.terminate_reason == "max_cost" and np.isfinite(x).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(V=st.lists(st.floats(1e-6, 1e3), min_size=1, max_size=8), tol=st.floats(1e-3, 10.0),
+       N=st.one_of(st.none(), st.integers(2, 10**5)), data=st.data())
+def test_optimal_sizes_meet_the_tolerance_within_bounds(V, tol, N, data):
+    held = data.draw(st.lists(st.integers(2, 10**4), min_size=len(V), max_size=len(V)))
+    cost = [1] + [2] * (len(V) - 1)
+    sizes = optimal_sample_sizes(V, cost, tol, N, lower=held)
+    cap = np.inf if N is None else N
+    assert np.all(sizes >= np.minimum(held, cap) - 1e-9) and np.all(sizes <= cap)
+    assert mice_error(V, sizes, N) <= tol**2 * (1 + 1e-9)
+
+
+# -- reproducibility and failures ----------------------------------------------------------------------
+def test_seed_reproduces_runs_and_differs_between_seeds():
+    data = np.random.default_rng(0).normal(size=(500, 2))
+    grad = lambda x, rows: x - rows
+    run = lambda seed: drive(MICE(grad, data, max_cost=3000, seed=seed), [5.0, 5.0], 0.5)
+    np.testing.assert_array_equal(run(4), run(4))
+    assert not np.array_equal(run(4), run(5))
+    np.testing.assert_array_equal(drive(quad_est(max_cost=3000, seed=2), QUAD["x0"], 0.01),
+                                  drive(quad_est(max_cost=3000, seed=2), QUAD["x0"], 0.01))
+
+
+def test_zero_gradients_end_the_run_cleanly():
+    est = MICE(lambda x, t: np.zeros((len(t), 2)), QUAD["sampler"], seed=0)
+    g = est(np.ones(2))
+    assert est.terminate and est.terminate_reason.startswith("zero_gradient")
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_nonfinite_gradients_end_the_run_and_never_return_nan():
+    calls = [0]
+    def grad(x, thetas):
+        calls[0] += 1
+        out = QUAD["grad"](x, thetas)
+        if calls[0] > 6: out[0, 0] = np.nan
+        return out
+    est = MICE(grad, QUAD["sampler"], seed=0)
+    x = drive(est, QUAD["x0"], 1 / QUAD["L"])
+    assert est.terminate_reason.startswith("nonfinite_gradient") and "level" in est.terminate_reason
+    assert np.isfinite(x).all()
+    with pytest.raises(RuntimeError, match="has ended"): est(x)
+
+
+def test_grad_shape_is_checked_on_every_call():
+    calls = [0]
+    def grad(x, thetas):
+        calls[0] += 1
+        out = QUAD["grad"](x, thetas)
+        return out[:, :1] if calls[0] > 5 else out
+    est = MICE(grad, QUAD["sampler"], seed=0)
+    with pytest.raises(ValueError, match="must return shape"):
+        drive(est, QUAD["x0"], 1 / QUAD["L"], calls=50)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eps=-1), "eps must be > 0"), (dict(min_batch=1), "min_batch"), (dict(stop_crit_prob=1.0), "stop_crit_prob"),
+    (dict(re_part=1), "re_part"), (dict(max_cost=0), "max_cost"), (dict(policy="drop"), "policy must be"),
+    (dict(re_max_samp=1, re_min_n=5), "re_max_samp")])
+def test_bad_hyperparameters_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message): quad_est(**kwargs)
+
+
+def test_bad_iterates_are_refused():
+    est = quad_est(seed=0)
+    est(np.ones(2))
+    with pytest.raises(ValueError, match="shape of the first call"): est(np.ones(3))
+    with pytest.raises(ValueError, match="non-finite"): est(np.array([np.nan, 1.0]))
+    x = np.array([1.0, 2.0])
+    est(x)
+    np.testing.assert_array_equal(x, [1.0, 2.0])
+
+
+# -- the log and the plot ------------------------------------------------------------------------------
+def test_every_event_is_logged_and_drawn():
+    import matplotlib.pyplot as plt
+    est = quad_est(max_cost=30_000, seed=0, policy=DropRestartClipPolicy(clip_type="all"))
+    log = run_mice(est, QUAD)
+    events = set(log.event)
+    assert {"start", "add", "drop", "restart", "clip", "end"} <= events
+    per_call = log.groupby("iteration").event.apply(list)
+    assert any(len(e) > 1 for e in per_call)  # several events in one call are all kept
+    fig, ax = plt.subplots()
+    plot_mice(log, ax, "num_grads", "gap")
+    assert {"Start", "Add", "Drop", "Restart", "Clip", "End"} <= set(ax.get_legend_handles_labels()[1])
+    plt.close(fig)
+
+
+def test_seed_style_script_runs_with_only_the_import_changed():
+    import matplotlib.pyplot as plt
+    from opt_lab.mice import MICE, plot_mice  # was: from mice import MICE, plot_mice
+    df = MICE(QUAD["grad"], sampler=lambda n: np.random.default_rng(0).uniform(size=n), eps=0.577, max_cost=5000)
+    x = QUAD["x0"].copy()
+    while not df.terminate: x = x - df(x) / QUAD["L"]
+    log = pd.DataFrame(df.get_log())
+    fig, ax = plt.subplots()
+    plot_mice(log, ax, "num_grads", "grad_norm", style="loglog", markers=True, legend=True, color="C0")
+    plt.close(fig)
+    assert df.counter <= 5000 and df.terminate_reason == "max_cost"
+
+
+# -- the JAX path ----------------------------------------------------------------------------------------
+def test_pytree_parameters_with_per_sample_grad_match_numpy():
+    import jax.numpy as jnp
+    from opt_lab.mice import per_sample_grad
+    def loss(params, theta):
+        H = jnp.array([[1.0, 0.0], [0.0, 1.0]]) * (1 - theta) + jnp.array([[200.0, 0.5], [0.5, 1.0]]) * theta
+        x = jnp.concatenate([params["a"], params["b"]])
+        return 0.5 * x @ H @ x - x.sum()
+    grad = per_sample_grad(loss)
+    x = np.array([20.0, 50.0])
+    thetas = np.random.default_rng(0).uniform(size=7)
+    np.testing.assert_allclose(grad({"a": jnp.array(x[:1]), "b": jnp.array(x[1:])}, thetas), QUAD["grad"](x, thetas), rtol=1e-5)
+    est = MICE(grad, QUAD["sampler"], max_cost=2000, seed=0)
+    g = est({"a": jnp.array([20.0]), "b": jnp.array([50.0])})
+    assert set(g) == {"a", "b"} and g["a"].shape == (1,)
