@@ -25,7 +25,7 @@ from .state import LevelStack, loo_deviations
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #a51b3e78
+# %% ../../nbs/28_mice_estimator.ipynb #cbcfe995
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -74,6 +74,8 @@ class MICE:
         self.policy = policy if policy is not None else DropRestartClipPolicy()
         self.recorder = recorder if recorder is not None else Recorder()
         self.rng = as_generator(seed)
+        # one stream serves every level of an expectation; a finite sum gets a without-replacement stream per level
+        self._expectation_sampler = None if self.finite else ExpectationSampler(sampler, self.rng)
         self.norm_estimator = (ResamplingNormEstimator(re_part, re_quantile, 1.0 - stop_crit_prob, self.convex)
                                if self.use_resampling else PlainNormEstimator(self.convex))
         cap = math.inf if self.data_size is None else self.data_size
@@ -112,7 +114,7 @@ class MICE:
 
     # -- sampling ----------------------------------------------------------------------------------
     def _new_level(self, x: np.ndarray, cost: int) -> int:
-        sampler = FiniteSampler(self.sampler, self.rng) if self.finite else ExpectationSampler(self.sampler, self.rng)
+        sampler = FiniteSampler(self.sampler, self.rng) if self.finite else self._expectation_sampler
         return self._stack.append(x, cost, sampler)
 
     def _grads_at(self, flat_x: np.ndarray, thetas, m: int, where: str) -> np.ndarray | None:

@@ -127,7 +127,7 @@ class LevelState:
     mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
     v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
 
-# %% ../../nbs/22_mice_state.ipynb #d106d20d
+# %% ../../nbs/22_mice_state.ipynb #316bc67f
 def _frozen(a):
     a = np.array(a)
     a.flags.writeable = False
@@ -142,6 +142,7 @@ class LevelStack:
         self.dim, self.parts, self.size = dim, parts, 0
         self._alloc(capacity)
         self.samplers: list = []
+        self._variances = {}  # per column, valid until the next change: the estimator asks for them many times per call
 
     def _alloc(self, cap):
         d2 = 2 * self.dim
@@ -160,6 +161,7 @@ class LevelStack:
         self.mean[i], self.m2[i], self.psum[i] = 0.0, 0.0, 0.0
         self.samplers.append(sampler)
         self.size += 1
+        self._variances.clear()
         return i
 
     def absorb(self, i: int, # the row
@@ -168,6 +170,7 @@ class LevelStack:
         "Merge a batch of samples into level `i`."
         self.psum[i] += partition_sums(columns, int(self.n[i]), self.parts)
         self.mean[i], self.m2[i], self.n[i] = welford_update(self.mean[i], self.m2[i], int(self.n[i]), columns)
+        self._variances.clear()
 
     def remove(self, i: int):
         "Delete level `i`, moving the levels above it down one row."
@@ -175,6 +178,7 @@ class LevelStack:
         for a in (self.x, self.n, self.cost, self.mean, self.m2, self.psum): a[i:L - 1] = a[i + 1:L]
         del self.samplers[i]
         self.size -= 1
+        self._variances.clear()
 
     def keep_from(self, i: int):
         "Discard the levels below `i` and turn level `i` into a base level holding its gradients $\\nabla f(x_i,\\theta)$."
@@ -185,13 +189,18 @@ class LevelStack:
         self.cost[0] = 1
         for a in (self.mean, self.m2): a[0, :d] = a[0, d:]
         self.psum[0, :, :d] = self.psum[0, :, d:]
+        self._variances.clear()
 
     def variances(self, column: int=0) -> np.ndarray:
         "$V_\\ell$ per level for the differences (`column=0`) or the gradients (`column=1`); `inf` below two samples."
-        d, L = self.dim, self.size
-        n = self.n[:L]
-        s = self.m2[:L, column * d:(column + 1) * d].sum(axis=1)
-        return np.where(n > 1, s / np.maximum(n - 1, 1), np.inf)
+        if column not in self._variances:
+            d, L = self.dim, self.size
+            n = self.n[:L]
+            s = self.m2[:L, column * d:(column + 1) * d].sum(axis=1)
+            v = np.where(n > 1, s / np.maximum(n - 1, 1), np.inf)
+            v.flags.writeable = False  # shared by every caller until the next change
+            self._variances[column] = v
+        return self._variances[column]
 
     def estimate(self) -> np.ndarray:
         "The MICE estimate: the sum over levels of the mean differences."
