@@ -30,7 +30,7 @@ def random_quadratic(kappa: float=100.0, # condition parameter of $H_1$
                 grad_F=lambda x: H @ x - b, x_star=np.linalg.solve(H, b), x0=np.array([20.0, 50.0]),
                 L=float(np.linalg.eigvalsh(H).max()))
 
-# %% ../../nbs/29_mice_quadratic.ipynb #db427bb9
+# %% ../../nbs/29_mice_quadratic.ipynb #5e920fbb
 def run_mice(est: MICE, # the estimator (its `max_cost` or stopping rule ends the run)
              problem: dict, # from `random_quadratic` or a dict with the same keys
              step=None, # `step(x, g) -> new x`; gradient descent with `1/L` by default
@@ -46,7 +46,7 @@ def run_mice(est: MICE, # the estimator (its `max_cost` or stopping rule ends th
         errors.append(np.linalg.norm(g - true) / np.linalg.norm(true))
         x = step(x, g)
         gaps.append((F(x) - f_star) / gap0)
-    log = est.get_log()
+    log = pd.DataFrame(est.get_log())  # also takes a list of dicts, the log of the reference implementation
     log["gap"], log["rel_error"] = np.asarray(gaps)[log.iteration], np.asarray(errors)[log.iteration]
     return log
 
