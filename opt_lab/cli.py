@@ -170,8 +170,9 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
     print(f"\nAll checks {'passed' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     return code
 
-# %% ../nbs/90_cli.ipynb #7ee9927c
-BENCHMARKS = {"optim": ("opt_lab.optim", "bench_optim"), "mice": ("opt_lab.mice.baselines", "bench_mice")}
+# %% ../nbs/90_cli.ipynb #46616c4e
+BENCHMARKS = {"optim": ("opt_lab.optim", "bench_optim"), "mice": ("opt_lab.mice.baselines", "bench_mice"),
+              "em": ("opt_lab.em.tutorial", "bench_em")}
 
 def run_benchmark(target: str, # a key of `BENCHMARKS`
                   **options, # the benchmark function's keyword arguments (`None` values are left out)

@@ -56,7 +56,7 @@ def normal_eta(mu, gamma, sigma, # the normal part
     return MixtureEta(inv_w, w, mu + gamma * w, x_inv_w,
                       sigma + inv_w * jnp.outer(mu, mu) + w * jnp.outer(gamma, gamma) + cross + cross.T, log_w)
 
-# %% ../../nbs/41_em_expfam.ipynb #6aa34335
+# %% ../../nbs/41_em_expfam.ipynb #04117153
 def as_data(X, # observations, shape `(n, d)`
             dim: int | None=None, # the dimension a model expects, if any
             name: str="X", # how the argument is called in messages
@@ -83,11 +83,17 @@ def check_fit_data(X: jax.Array, # validated observations
     import numpy as np
     n, d = X.shape
     if n <= d: raise ValueError(f"X has n={n} rows for d={d} columns: at least d+1 points are needed, else the likelihood is unbounded")
-    centred = np.asarray(X) - np.asarray(X).mean(0)
-    scale = np.abs(centred).max(0)
-    if (scale == 0).any():
-        raise ValueError(f"X column {int(np.flatnonzero(scale == 0)[0])} is constant: the covariance would be singular")
-    eig = np.linalg.eigvalsh(np.cov(centred / scale, rowvar=False).reshape(d, d))
+    data = np.asarray(X)
+    constant = np.flatnonzero(np.ptp(data, axis=0) == 0)
+    if constant.size: raise ValueError(f"X column {int(constant[0])} is constant: the covariance would be singular")
+    # robust standardisation, so that one huge outlier does not make the rest look degenerate
+    centred = data - np.median(data, axis=0)
+    scale = np.median(np.abs(centred), axis=0)
+    scale = np.where(scale > 0, scale, np.abs(centred).max(0))
+    z = centred / scale
+    inliers = z[(np.abs(z) < 50).all(axis=1)]
+    z = inliers if inliers.shape[0] > d else z
+    eig = np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False)))
     if eig.min() <= 1e-12 * eig.max():
         raise ValueError("X lies (numerically) in a lower-dimensional subspace: the covariance would be singular")
     return X

@@ -26,7 +26,7 @@ from .rules import EtaRule, RobbinsMonroUpdate
 __all__ = ['DOMINANCE_WARNING', 'EMResult', 'param_change', 'BatchEMFitter', 'IncrementalEMFitter', 'random_starts',
            'multi_start']
 
-# %% ../../nbs/45_em_fitting.ipynb #71bb5207
+# %% ../../nbs/45_em_fitting.ipynb #2b98ed54
 DOMINANCE_WARNING = 0.5
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class EMResult:
     dominance: float = 0.0 # share of the dispersion statistic held by the top 0.1 % of the points
 
     @property
-    def final_log_likelihood(self) -> float: return float(self.log_likelihoods[-1])
+    def final_log_likelihood(self) -> float:
+        "The mean log-likelihood of the fitted model on the data."
+        return float(self.log_likelihoods[-1])
 
 def _rms(v): return jnp.sqrt(jnp.mean(jnp.square(v)))
 
@@ -67,7 +69,7 @@ def _diagnose(model, X) -> float:
                       f"carry {share:.0%} of the dispersion statistic (outliers?)", stacklevel=3)
     return share
 
-# %% ../../nbs/45_em_fitting.ipynb #2e724529
+# %% ../../nbs/45_em_fitting.ipynb #5dbe53c8
 @jax.jit
 def _batch_iteration(model, X):
     family = type(model)
@@ -114,7 +116,7 @@ class BatchEMFitter:
         if self.verbose: print(f"  {'Converged' if converged else 'NOT converged'} after {len(changes)} iterations ({elapsed:.2f}s), final LL={ll:.6f}")
         return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(model, X))
 
-# %% ../../nbs/45_em_fitting.ipynb #f4b16076
+# %% ../../nbs/45_em_fitting.ipynb #6da12c59
 @partial(jax.jit, static_argnames=("n", "epochs"))
 def _visit_order(key, n: int, epochs: int):
     return jnp.concatenate([jax.random.permutation(k, n) for k in jax.random.split(key, epochs)])
@@ -151,7 +153,7 @@ def _progress(done, total, width=30):
     sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
     sys.stdout.flush()
 
-# %% ../../nbs/45_em_fitting.ipynb #adc32666
+# %% ../../nbs/45_em_fitting.ipynb #4aef7aa5
 class IncrementalEMFitter:
     "Mini-batch EM: E-step on a batch, blend η with `eta_update`, M-step; all steps in one compiled `lax.scan`."
     def __init__(self, batch_size: int=256, # points per step; clamped to `n` if larger
@@ -217,7 +219,7 @@ class IncrementalEMFitter:
         if rows: history = history.merge(pd.DataFrame(rows, columns=["step", "log_likelihood"]), on="step", how="left")
         return EMResult(fitted, np.asarray(lls), history, steps, None, elapsed, rejected, _diagnose(fitted, X))
 
-# %% ../../nbs/45_em_fitting.ipynb #b9f45c86
+# %% ../../nbs/45_em_fitting.ipynb #e4faddf3
 def random_starts(model, X, n: int, key) -> list:
     "`n` random perturbations of `model` on the scale of the data `X`."
     X = as_data(X, model.mu.shape[0])

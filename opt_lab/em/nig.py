@@ -73,7 +73,7 @@ def _nig_rvs(model, n, key):
     z = jax.random.normal(k_normal, (n, d)) @ jnp.linalg.cholesky(model.sigma).T
     return model.mu + w[:, None] * model.gamma + jnp.sqrt(w)[:, None] * z
 
-# %% ../../nbs/43_em_nig.ipynb #6a6fbffa
+# %% ../../nbs/43_em_nig.ipynb #322b457b
 class NormalInverseGaussian(NamedTuple):
     "Normal-inverse Gaussian mixture $X=\\mu+\\gamma W+\\sqrt W\\Sigma^{1/2}Z$, $W$ inverse Gaussian with mean `mu_ig` and shape `lam`."
     mu: jax.Array # location, shape `(d,)`
@@ -114,7 +114,9 @@ class NormalInverseGaussian(NamedTuple):
         return cls(mu, jnp.zeros_like(mu), centred.T @ centred / X.shape[0], jnp.float64(1.0), jnp.float64(1.0))
 
     @property
-    def dim(self) -> int: return self.mu.shape[0]
+    def dim(self) -> int:
+        "The dimension $d$."
+        return self.mu.shape[0]
 
     def rvs(self, n: int, seed=None) -> jax.Array:
         "`n` draws, shape `(n, d)`; `seed` is an int or a JAX key."
@@ -132,10 +134,14 @@ class NormalInverseGaussian(NamedTuple):
         return _nig_log_prob(self, as_data(X, self.dim)).mean()
 
     @property
-    def mean(self) -> jax.Array: return self.mu + self.mu_ig * self.gamma
+    def mean(self) -> jax.Array:
+        "$E[X]=\\mu+m\\gamma$."
+        return self.mu + self.mu_ig * self.gamma
 
     @property
-    def cov(self) -> jax.Array: return self.mu_ig * self.sigma + self.mu_ig**3 / self.lam * jnp.outer(self.gamma, self.gamma)
+    def cov(self) -> jax.Array:
+        "$\\mathrm{Cov}(X)=m\\Sigma+(m^3/\\lambda)\\gamma\\gamma^\\top$."
+        return self.mu_ig * self.sigma + self.mu_ig**3 / self.lam * jnp.outer(self.gamma, self.gamma)
 
     def mixing_moments(self) -> tuple[jax.Array, jax.Array]:
         "$(E[1/W], E[W])$ of the inverse Gaussian mixing law."

@@ -19,17 +19,21 @@ from .expfam import MixtureEta
 __all__ = ['EtaRule', 'IdentityUpdate', 'RobbinsMonroUpdate', 'SampleWeightedUpdate', 'EWMAUpdate', 'AffineUpdate', 'Shrinkage',
            'eta0_from_model', 'eta0_with_sigma', 'eta0_isotropic', 'eta0_diagonal']
 
-# %% ../../nbs/44_em_rules.ipynb #1a6feafe
+# %% ../../nbs/44_em_rules.ipynb #5b087589
 class EtaRule:
     "Base of the η-update rules: `init_state()` and `__call__(eta_prev, eta_hat, step, batch_size, state) -> (eta, state)`."
-    def init_state(self): return jnp.float64(0.0)
+    def init_state(self):
+        "The rule's state before the first step (the samples seen, for the sample-weighted rule)."
+        return jnp.float64(0.0)
 
     def tree_flatten(self):
+        "The hyper-parameters as pytree leaves (so new values do not recompile a fit)."
         fields = dataclasses.fields(self)
         return [getattr(self, f.name) for f in fields], None
 
     @classmethod
     def tree_unflatten(cls, _, leaves):
+        "Rebuild a rule from its leaves without re-running the checks (the leaves may be traced)."
         rule = object.__new__(cls)  # traced leaves must not go through the checks of __post_init__
         for f, v in zip(dataclasses.fields(cls), leaves): object.__setattr__(rule, f.name, v)
         return rule
@@ -85,7 +89,7 @@ class AffineUpdate(EtaRule):
     def __call__(self, eta_prev, eta_hat, step, batch_size, state):
         return _blend(self.b, eta_prev, self.c, eta_hat, self.a), state
 
-# %% ../../nbs/44_em_rules.ipynb #845af8d7
+# %% ../../nbs/44_em_rules.ipynb #aa3e05fb
 def _per_field_tau(tau, eta0: MixtureEta) -> MixtureEta:
     "τ as a `MixtureEta` of scalars: from a scalar, a dict of field names, or a `MixtureEta`."
     if isinstance(tau, dict):
@@ -108,12 +112,14 @@ class Shrinkage(EtaRule):
         if not isinstance(self.base_rule, EtaRule): raise ValueError(f"base_rule must be an η-update rule, got {type(self.base_rule).__name__}")
         if not isinstance(self.eta0, MixtureEta): raise ValueError(f"eta0 must be a MixtureEta, got {type(self.eta0).__name__}")
         object.__setattr__(self, "tau", _per_field_tau(self.tau, self.eta0))
-    def init_state(self): return self.base_rule.init_state()
+    def init_state(self):
+        "The base rule's state."
+        return self.base_rule.init_state()
     def __call__(self, eta_prev, eta_hat, step, batch_size, state):
         eta, state = self.base_rule(eta_prev, eta_hat, step, batch_size, state)
         return jax.tree_util.tree_map(lambda e, z, t: (e + t * z) / (1.0 + t), eta, self.eta0, self.tau), state
 
-# %% ../../nbs/44_em_rules.ipynb #f22e0852
+# %% ../../nbs/44_em_rules.ipynb #078e2aa8
 def eta0_from_model(model) -> MixtureEta:
     "The model's own expectation parameters."
     return model.expectation_params()
