@@ -4,21 +4,21 @@
 
 # %% auto #0
 __all__ = ['gig_log_normalizer', 'gig_moments', 'log_k0_k1', 'log_kv_half_integer', 'log_kv_ladder', 'MixtureEta', 'as_data',
-           'joint_statistics', 'normal_eta', 'normal_m_step', 'BatchEMFitter', 'EMResult', 'IncrementalEMFitter',
-           'multi_start', 'param_change', 'random_starts', 'NormalInverseGaussian', 'AffineUpdate', 'EtaRule',
-           'EWMAUpdate', 'IdentityUpdate', 'RobbinsMonroUpdate', 'SampleWeightedUpdate', 'Shrinkage', 'eta0_diagonal',
-           'eta0_from_model', 'eta0_isotropic', 'eta0_with_sigma']
+           'average_statistics', 'joint_statistics', 'normal_eta', 'normal_m_step', 'BatchEMFitter', 'EMResult',
+           'IncrementalEMFitter', 'multi_start', 'param_change', 'random_starts', 'NormalInverseGaussian',
+           'AffineUpdate', 'EtaRule', 'EWMAUpdate', 'IdentityUpdate', 'RobbinsMonroUpdate', 'SampleWeightedUpdate',
+           'Shrinkage', 'eta0_diagonal', 'eta0_from_model', 'eta0_isotropic', 'eta0_with_sigma']
 
-# %% ../../nbs/40_em.ipynb #bf66a9f6
+# %% ../../nbs/40_em.ipynb #2a29b92f
 from .bessel import gig_log_normalizer, gig_moments, log_k0_k1, log_kv_half_integer, log_kv_ladder
-from .expfam import MixtureEta, as_data, joint_statistics, normal_eta, normal_m_step
+from .expfam import MixtureEta, as_data, average_statistics, joint_statistics, normal_eta, normal_m_step
 from .fitting import BatchEMFitter, EMResult, IncrementalEMFitter, multi_start, param_change, random_starts
 from .nig import NormalInverseGaussian
 from .rules import (AffineUpdate, EtaRule, EWMAUpdate, IdentityUpdate, RobbinsMonroUpdate, SampleWeightedUpdate,
                               Shrinkage, eta0_diagonal, eta0_from_model, eta0_isotropic, eta0_with_sigma)
 
-# %% ../../nbs/40_em.ipynb #ee067fa5
-_all_ = ["gig_log_normalizer", "gig_moments", "log_k0_k1", "log_kv_half_integer", "log_kv_ladder", "MixtureEta", "as_data",
+# %% ../../nbs/40_em.ipynb #a0c06c10
+_all_ = ["gig_log_normalizer", "gig_moments", "log_k0_k1", "log_kv_half_integer", "log_kv_ladder", "MixtureEta", "as_data", "average_statistics",
          "joint_statistics", "normal_eta", "normal_m_step", "BatchEMFitter", "EMResult", "IncrementalEMFitter", "multi_start",
          "param_change", "random_starts", "NormalInverseGaussian", "AffineUpdate", "EtaRule", "EWMAUpdate", "IdentityUpdate",
          "RobbinsMonroUpdate", "SampleWeightedUpdate", "Shrinkage", "eta0_diagonal", "eta0_from_model", "eta0_isotropic",

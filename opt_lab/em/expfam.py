@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 # %% auto #0
-__all__ = ['MixtureEta', 'joint_statistics', 'normal_m_step', 'normal_eta', 'as_data', 'check_fit_data']
+__all__ = ['MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step', 'normal_eta', 'as_data', 'check_fit_data']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 jax.config.update("jax_enable_x64", True)  # EM statistics are sums of many terms: float64 throughout
@@ -26,17 +26,25 @@ class MixtureEta(NamedTuple):
     xx_inv_w: jax.Array # $E[XX^\top/W]$, shape `(d, d)`
     log_w: jax.Array | None = None # $E[\log W]$; `None` when the family fixes the order $p$
 
-# %% ../../nbs/41_em_expfam.ipynb #9c1ad445
+# %% ../../nbs/41_em_expfam.ipynb #8033f844
+def average_statistics(x: jax.Array, # observations, shape `(n, d)`
+                       w: jax.Array, # $w_i$ or $E[W\mid x_i]$, shape `(n,)`
+                       inv_w: jax.Array, # $1/w_i$ or $E[1/W\mid x_i]$, shape `(n,)`
+                       log_w: jax.Array | None=None, # $\log w_i$ or $E[\log W\mid x_i]$, if the family needs it
+                      ) -> MixtureEta: # the averages of $t(x, w)$
+    "Average the joint sufficient statistics over rows, with per-row values or conditional expectations of $w$, $1/w$, $\log w$."
+    weighted = x * inv_w[:, None]
+    return MixtureEta(inv_w.mean(), w.mean(), x.mean(0), weighted.mean(0), weighted.T @ x / x.shape[0],
+                      None if log_w is None else log_w.mean())
+
 def joint_statistics(x: jax.Array, # observations, shape `(n, d)`
                      w: jax.Array, # mixing values, shape `(n,)`
                      with_log_w: bool=False, # also average $\log w$
                     ) -> MixtureEta: # the sample averages of $t(x, w)$
     "Average the joint sufficient statistics of complete observations $(x_i, w_i)$."
-    inv = 1.0 / w
-    return MixtureEta(inv.mean(), w.mean(), x.mean(0), (x * inv[:, None]).mean(0),
-                      (x * inv[:, None]).T @ x / x.shape[0], jnp.log(w).mean() if with_log_w else None)
+    return average_statistics(x, w, 1.0 / w, jnp.log(w) if with_log_w else None)
 
-# %% ../../nbs/41_em_expfam.ipynb #34212ec2
+# %% ../../nbs/41_em_expfam.ipynb #a2dd07d9
 def normal_m_step(eta: MixtureEta, # averaged statistics
                  ) -> tuple[jax.Array, jax.Array, jax.Array]: # `(mu, gamma, sigma)`
     "The closed-form M-step for $(\\mu,\\gamma,\\Sigma)$ of a normal variance-mean mixture."
@@ -56,7 +64,7 @@ def normal_eta(mu, gamma, sigma, # the normal part
     return MixtureEta(inv_w, w, mu + gamma * w, x_inv_w,
                       sigma + inv_w * jnp.outer(mu, mu) + w * jnp.outer(gamma, gamma) + cross + cross.T, log_w)
 
-# %% ../../nbs/41_em_expfam.ipynb #04117153
+# %% ../../nbs/41_em_expfam.ipynb #c8edfb0d
 def as_data(X, # observations, shape `(n, d)`
             dim: int | None=None, # the dimension a model expects, if any
             name: str="X", # how the argument is called in messages

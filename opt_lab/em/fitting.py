@@ -69,12 +69,15 @@ def _diagnose(model, X) -> float:
                       f"carry {share:.0%} of the dispersion statistic (outliers?)", stacklevel=3)
     return share
 
-# %% ../../nbs/45_em_fitting.ipynb #5dbe53c8
+# %% ../../nbs/45_em_fitting.ipynb #661f7050
+@jax.jit
+def _mean_log_likelihood(model, X): return type(model)._log_prob_fn(model, X).mean()
+
 @jax.jit
 def _batch_iteration(model, X):
     family = type(model)
     new = family._m_step_fn(family._e_step_fn(model, X))
-    return new, family._log_prob_fn(new, X).mean(), param_change(new, model)
+    return new, _mean_log_likelihood(new, X), param_change(new, model)
 
 def _check_model(model):
     if not hasattr(type(model), "_e_step_fn"): raise ValueError(f"model must be a mixture model such as NormalInverseGaussian, got {type(model).__name__}")
@@ -97,7 +100,7 @@ class BatchEMFitter:
         _check_model(model)
         X = check_fit_data(as_data(X, model.mu.shape[0]))
         start = time.perf_counter()
-        ll = float(type(model)._log_prob_fn(model, X).mean())
+        ll = float(_mean_log_likelihood(model, X))
         lls, changes, converged = [ll], [], False
         if self.verbose: print(f"EM [batch] {type(model).__name__}: tol={self.tol:g}, max_iter={self.max_iter}, initial LL={ll:.6f}")
         for it in range(self.max_iter):
@@ -116,7 +119,7 @@ class BatchEMFitter:
         if self.verbose: print(f"  {'Converged' if converged else 'NOT converged'} after {len(changes)} iterations ({elapsed:.2f}s), final LL={ll:.6f}")
         return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(model, X))
 
-# %% ../../nbs/45_em_fitting.ipynb #6da12c59
+# %% ../../nbs/45_em_fitting.ipynb #07aa0c01
 @partial(jax.jit, static_argnames=("n", "epochs"))
 def _visit_order(key, n: int, epochs: int):
     return jnp.concatenate([jax.random.permutation(k, n) for k in jax.random.split(key, epochs)])
@@ -144,9 +147,6 @@ def _incremental_steps(carry, rule, X, order, first, length, batch_size, inner_i
         carry = (new, _keep_if(ok, eta_new, eta), _keep_if(ok, state_new, state), rejected + (~ok).astype(jnp.int32))
         return carry, param_change(new, model)
     return lax.scan(step, carry, first + jnp.arange(length))
-
-@jax.jit
-def _mean_log_likelihood(model, X): return type(model)._log_prob_fn(model, X).mean()
 
 def _progress(done, total, width=30):
     filled = int(width * done / total)
@@ -219,7 +219,7 @@ class IncrementalEMFitter:
         if rows: history = history.merge(pd.DataFrame(rows, columns=["step", "log_likelihood"]), on="step", how="left")
         return EMResult(fitted, np.asarray(lls), history, steps, None, elapsed, rejected, _diagnose(fitted, X))
 
-# %% ../../nbs/45_em_fitting.ipynb #e4faddf3
+# %% ../../nbs/45_em_fitting.ipynb #f024eecd
 def random_starts(model, X, n: int, key) -> list:
     "`n` random perturbations of `model` on the scale of the data `X`."
     X = as_data(X, model.mu.shape[0])
@@ -246,7 +246,7 @@ def multi_start(family, # a model class such as `NormalInverseGaussian`
     init = family.default_init(X)
     starts = [init] + random_starts(init, X, n_starts - 1, key)
     results = []
-    for i, s in enumerate(starts):
+    for s in starts:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results.append(fitter.fit(s, X, key=key) if isinstance(fitter, IncrementalEMFitter) else fitter.fit(s, X))
