@@ -10,7 +10,7 @@ from scipy.special import kve
 
 from opt_lab.em import (AffineUpdate, BatchEMFitter, EWMAUpdate, IdentityUpdate, IncrementalEMFitter, NormalInverseGaussian,
                         RobbinsMonroUpdate, SampleWeightedUpdate, Shrinkage, eta0_diagonal, eta0_from_model, eta0_isotropic,
-                        eta0_with_sigma, gig_moments, log_kv_ladder)
+                        eta0_with_sigma, gig_moments, kv_ratio, log_kv_ladder)
 from opt_lab.em.tutorial import tutorial_problem, tutorial_rules
 
 _ladder = jax.jit(log_kv_ladder, static_argnums=0)
@@ -24,6 +24,14 @@ def test_log_k_matches_scipy_over_the_whole_range(d):
         want = np.log(kve(order, z)) - z
         assert np.isfinite(np.asarray(got)).all()
         assert (np.abs(np.asarray(got) - want) / np.maximum(1, np.abs(want))).max() < 1e-13
+
+
+@pytest.mark.parametrize("twice_nu", range(0, 21))
+def test_kv_ratio_matches_scipy(twice_nu):
+    z = np.logspace(-8, 4, 4001)
+    nu = twice_nu / 2
+    want = kve(abs(nu - 1), z) / kve(nu, z)
+    assert np.abs(np.asarray(kv_ratio(twice_nu, jnp.asarray(z))) / want - 1).max() < 5e-14
 
 
 def test_gig_moments_are_finite_for_extreme_arguments():
@@ -157,3 +165,13 @@ def test_shrinkage_tau_checks_and_targets(problem):
     np.testing.assert_allclose(init.m_step(eta0_diagonal(init, [2.0, 3.0])).sigma, np.diag([2.0, 3.0]), atol=1e-12)
     with pytest.raises(ValueError, match="positive definite"):
         eta0_with_sigma(init, [[1.0, 2.0], [2.0, 1.0]])
+
+
+def test_verbose_trace_and_progress_bar(problem, capsys):
+    IncrementalEMFitter(batch_size=64, max_steps=60, eta_update=EWMAUpdate(w=0.1), verbose=1).fit(problem["init"], problem["X"], key=0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("EM [incremental] NormalInverseGaussian") and lines[-1].startswith("  Done (")
+    assert sum(line.lstrip().startswith("step") for line in lines) == 10 and "[#" not in "".join(lines)
+    res = IncrementalEMFitter(batch_size=16, max_steps=2000, eta_update=EWMAUpdate(w=0.1), verbose=1).fit(problem["init"], problem["X"], key=0)
+    out = capsys.readouterr().out
+    assert "2000/2000" in out and "[" + "#" * 30 + "]" in out and len(res.log_likelihoods) == 10

@@ -38,7 +38,7 @@ def tutorial_rules(init: NormalInverseGaussian) -> dict:
             "EWMA(0.1)": EWMAUpdate(w=0.1), "Affine(½,½)": AffineUpdate(b=0.5, c=0.5),
             "Shrinkage": Shrinkage(IdentityUpdate(), eta0_from_model(init), tau=0.3)}
 
-# %% ../../nbs/46_em_tutorial.ipynb #8d8f867e
+# %% ../../nbs/46_em_tutorial.ipynb #9a083ecd
 def em_trajectory(rule: str="EWMA", # "Identity", "RobbinsMonro", "SampleWeighted", "EWMA", "Affine" or "Shrinkage"
                   batch_size: int=512, # points per step
                   param: float=0.1, # w (EWMA), tau0 (RobbinsMonro), b = 1 - c (Affine) or tau (Shrinkage)
@@ -80,7 +80,7 @@ def em_explorer() -> Explorer:
         param=widgets.FloatLogSlider(value=0.1, base=10, min=-2, max=2, description="w / τ0 / b / τ"),
         max_steps=widgets.IntSlider(value=60, min=10, max=300, step=10)))
 
-# %% ../../nbs/46_em_tutorial.ipynb #4b15ee93
+# %% ../../nbs/46_em_tutorial.ipynb #d432f376
 def _timed_fit(fitter, init, X, key):
     start = time.perf_counter()
     res = fitter.fit(init, X, key=key)
