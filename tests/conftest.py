@@ -7,3 +7,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long accuracy sweeps (run in CI; deselect with -m 'not slow')")

@@ -1,0 +1,84 @@
+"""log K for real orders: the accuracy map against scipy and mpmath, derivatives, edge cases, transformations."""
+import jax
+import jax.numpy as jnp
+import mpmath
+import numpy as np
+import pytest
+from scipy.special import kve
+
+from opt_lab.em import kv_ratio, log_kv, log_kv_and_ratio, log_kv_ladder
+from opt_lab.em.kv import log_kv_reference
+
+
+def _check_grid(orders, arguments, mpmath_cells):
+    NU, Z = np.meshgrid(orders, arguments, indexing="ij")
+    got = np.asarray(log_kv(jnp.asarray(NU), jnp.asarray(Z)))
+    assert np.isfinite(got).all()
+    with np.errstate(over="ignore", divide="ignore"):
+        want = np.log(kve(NU, Z)) - Z
+    finite = np.isfinite(want)
+    # scipy's kve is itself off by up to ~5e-14 at large orders and moderate arguments (mpmath agrees with log_kv there),
+    # so cells where the two differ by more than 1e-14 are settled by 40-digit mpmath
+    error = np.where(finite, np.abs(got - want) / np.maximum(1, np.abs(np.where(finite, want, 0))), 0.0)
+    disputed = np.argwhere(error > 1e-14)
+    overflow = np.argwhere(~finite)
+    overflow = overflow[:: max(1, len(overflow) // mpmath_cells)]
+    for i, j in np.concatenate([disputed, overflow]):
+        exact = log_kv_reference(NU[i, j], Z[i, j])
+        assert abs(got[i, j] - exact) <= 1e-13 * max(1, abs(exact)), (NU[i, j], Z[i, j], got[i, j], exact)
+    assert error.max() < 1e-13
+
+
+def test_accuracy_map_coarse():
+    _check_grid(np.linspace(-100, 100, 81), np.logspace(-8, 4, 61), mpmath_cells=40)
+
+
+@pytest.mark.slow
+def test_accuracy_map_dense():
+    _check_grid(np.linspace(-100, 100, 801), np.logspace(-8, 4, 601), mpmath_cells=300)
+
+
+@pytest.mark.parametrize("nu, z", [(0.0, 1e-8), (0.0, 1e-300), (1e-9, 1e-8), (100.0, 1e-8), (-100.0, 1e-8), (100.0, 1e4),
+                                   (0.5, 1e4), (37.5, 2.0), (37.5, 2.0 + 1e-12), (250.0, 1e-3), (0.0, 5e5)])
+def test_edge_cases_are_finite_and_right(nu, z):
+    got = float(log_kv(nu, z))
+    assert np.isfinite(got)
+    with mpmath.workdps(40):
+        exact = float(mpmath.log(mpmath.besselk(nu, z)))
+    assert abs(got - exact) <= 1e-13 * max(1, abs(exact))
+
+
+@pytest.mark.parametrize("nu", [0.0, 1e-6, 0.4999, 0.5, 0.5001, 1.5, 3.25, 12.0, 59.6, -7.7])
+@pytest.mark.parametrize("z", [1e-8, 0.05, 1.9999, 2.0001, 30.0, 4e3])
+def test_derivatives_match_mpmath(nu, z):
+    d_nu, d_z = jax.grad(log_kv, (0, 1))(nu, z)
+    with mpmath.workdps(40):
+        h = mpmath.mpf("1e-15")
+        want_nu = (mpmath.log(mpmath.besselk(nu + h, z)) - mpmath.log(mpmath.besselk(nu - h, z))) / (2 * h)
+        want_z = mpmath.diff(lambda x: mpmath.log(mpmath.besselk(nu, x)), z)
+    assert abs(float(d_nu) - float(want_nu)) <= 1e-12 * max(1, abs(float(want_nu)))
+    assert abs(float(d_z) - float(want_z)) <= 1e-12 * max(1, abs(float(want_z)))
+
+
+def test_second_derivative_in_the_order_matches_finite_differences():
+    nu, z, h = 1.3, 0.8, 1e-4
+    hess = jax.hessian(log_kv, 0)(nu, z)
+    fd = (float(log_kv(nu + h, z)) - 2 * float(log_kv(nu, z)) + float(log_kv(nu - h, z))) / h**2
+    assert abs(float(hess) - fd) < 1e-6 * abs(fd) + 1e-7 and float(hess) > 0  # log K is convex in the order
+
+
+def test_even_in_the_order_and_consistent_with_the_integer_ladder():
+    z = jnp.logspace(-8, 4, 200)
+    for twice_nu in range(0, 12, 3):
+        here, below = log_kv_ladder(twice_nu, z)
+        np.testing.assert_allclose(log_kv(twice_nu / 2, z), here, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(log_kv(-twice_nu / 2, z), here, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(log_kv_and_ratio(twice_nu / 2, z)[1], kv_ratio(twice_nu, z), rtol=1e-13)
+
+
+def test_vmap_and_broadcasting():
+    nu, z = jnp.linspace(-3, 3, 7), jnp.logspace(-2, 2, 5)
+    table = log_kv(nu[:, None], z[None, :])
+    mapped = jax.vmap(lambda n: log_kv(n, z))(nu)
+    assert table.shape == (7, 5)
+    np.testing.assert_array_equal(table, mapped)
