@@ -1,6 +1,4 @@
 """Incremental EM: accuracy of log K against scipy, model checks, the seed tutorial's gaps, rules, fitters and bad input."""
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np

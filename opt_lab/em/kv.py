@@ -104,7 +104,7 @@ def log_kv_and_ratio(nu: jax.Array, # order, any real
     _, log_k, t = lax.while_loop(lambda s: s[0] <= steps.max(initial=0.0), block, (jnp.float64(1.0), log_k, up))
     return log_k, jnp.where(steps == 0, up, 1 / t)
 
-# %% ../../nbs/47_em_log_kv.ipynb #6a2b025f
+# %% ../../nbs/47_em_log_kv.ipynb #5fa82b4e
 @jax.custom_jvp
 def _log_kv(nu, z): return log_kv_and_ratio(nu, z)[0]
 
@@ -112,8 +112,8 @@ def _log_kv(nu, z): return log_kv_and_ratio(nu, z)[0]
 def _log_kv_jvp(primals, tangents):
     nu, z = primals
     d_nu, d_z = tangents
-    log_k, ratio = log_kv_and_ratio(nu, z)
-    _, by_order = jax.jvp(lambda v: log_kv_and_ratio(v, z)[0], (nu,), (jnp.ones_like(nu),))
+    # one forward-mode pass gives the value, the ratio and the order derivative together
+    (log_k, ratio), (by_order, _) = jax.jvp(lambda v: log_kv_and_ratio(v, z), (nu,), (jnp.ones_like(nu),))
     by_argument = -(ratio + jnp.abs(nu) / z)
     return log_k, by_order * d_nu + by_argument * d_z
 
