@@ -13,7 +13,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step', 'normal_eta', 'quadratic_forms', 'as_data',
-           'check_fit_data']
+           'check_fit_data', 'check_normal_part', 'moment_start', 'normal_mixture_draws']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 jax.config.update("jax_enable_x64", True)  # EM statistics are sums of many terms: float64 throughout
@@ -125,3 +125,33 @@ def check_fit_data(X: jax.Array, # validated observations
     if _smallest_correlation_eigenvalue(inliers if inliers.shape[1] > d else z) <= 1e-12:
         raise ValueError("X lies (numerically) in a lower-dimensional subspace: the covariance would be singular")
     return X
+
+# %% ../../nbs/41_em_expfam.ipynb #12fac2d6
+def check_normal_part(mu, gamma, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Validate $(\\mu,\\gamma,\\Sigma)$: matching shapes, finite, $\\Sigma$ symmetric positive definite; float64 copies."
+    mu, gamma, sigma = (np.array(v, dtype=np.float64) for v in (mu, gamma, sigma))
+    if mu.ndim != 1: raise ValueError(f"mu must be a vector, got shape {mu.shape}")
+    d = mu.shape[0]
+    if gamma.shape != (d,): raise ValueError(f"gamma must have shape ({d},) like mu, got {gamma.shape}")
+    if sigma.shape != (d, d): raise ValueError(f"sigma must have shape ({d}, {d}), got {sigma.shape}")
+    for name, v in (("mu", mu), ("gamma", gamma), ("sigma", sigma)):
+        if not np.isfinite(v).all(): raise ValueError(f"{name} must be finite, got {v}")
+    if not np.allclose(sigma, sigma.T, rtol=1e-10, atol=1e-12): raise ValueError("sigma must be symmetric")
+    eigenvalues = np.linalg.eigvalsh(sigma)
+    if eigenvalues.min() <= 0: raise ValueError(f"sigma must be positive definite, got eigenvalues {eigenvalues}")
+    return mu, gamma, sigma
+
+def moment_start(X) -> tuple[jax.Array, jax.Array, jax.Array]:
+    "$(\\mu,\\gamma,\\Sigma)$ of the moment start: sample mean, zero skewness, sample covariance (data checked for fitting)."
+    X = check_fit_data(as_data(X))
+    mu = X.mean(0)
+    centred = X - mu
+    return mu, jnp.zeros_like(mu), centred.T @ centred / X.shape[0]
+
+def normal_mixture_draws(mu, gamma, sigma, # the normal part
+                         w: jax.Array, # draws of the mixing variable, shape `(n,)`
+                         key: jax.Array, # JAX key for the normal draws
+                        ) -> jax.Array: # draws of $X$, shape `(n, d)`
+    "$\\mu+\\gamma w+\\sqrt w\\,\\Sigma^{1/2}z$ row by row, with $\\Sigma^{1/2}$ the Cholesky factor."
+    z = jax.random.normal(key, (w.shape[0], mu.shape[0])) @ jnp.linalg.cholesky(sigma).T
+    return mu + w[:, None] * gamma + jnp.sqrt(w)[:, None] * z

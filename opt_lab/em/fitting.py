@@ -25,7 +25,7 @@ from .rules import EtaRule, RobbinsMonroUpdate
 __all__ = ['DOMINANCE_WARNING', 'EMResult', 'param_change', 'BatchEMFitter', 'IncrementalEMFitter', 'random_starts',
            'multi_start']
 
-# %% ../../nbs/45_em_fitting.ipynb #620ed847
+# %% ../../nbs/45_em_fitting.ipynb #cb060964
 DOMINANCE_WARNING = 0.5
 
 @dataclass(frozen=True)
@@ -56,10 +56,9 @@ def param_change(new, old) -> jax.Array:
 @jax.jit
 def _fit_summary(model, X):
     "Mean log-likelihood and each point's share of the dispersion statistic $\\sum_i E[1/W\\mid x_i]\\,Q(x_i)$."
-    family = type(model)
-    _, inv_w = family._posterior_fn(model, X)
+    log_prob, inv_w = type(model)._summary_fn(model, X)
     share = inv_w * quadratic_forms(model.mu, model.gamma, model.sigma, X)[0]
-    return family._log_prob_fn(model, X).mean(), share / share.sum()
+    return log_prob.mean(), share / share.sum()
 
 def _diagnose(share) -> float:
     "Share held by the top 0.1 % of the points, with a warning above `DOMINANCE_WARNING`."
@@ -71,22 +70,32 @@ def _diagnose(share) -> float:
                       f"carry {held:.0%} of the dispersion statistic (outliers?)", stacklevel=3)
     return held
 
-# %% ../../nbs/45_em_fitting.ipynb #5b2975ae
+# %% ../../nbs/45_em_fitting.ipynb #3e745064
 @jax.jit
 def _mean_log_likelihood(model, X): return type(model)._log_prob_fn(model, X).mean()
 
+def _gauged(family, eta):
+    "η in the family's normalisation, for families whose parameters are only identified up to a scale (GH)."
+    gauge = getattr(family, "_gauge_fn", None)
+    return eta if gauge is None else gauge(eta)
+
 @jax.jit
-def _batch_iteration(model, X):
+def _e_step_and_ll(model, X): return type(model)._e_step_and_ll_fn(model, X)
+
+@jax.jit
+def _batch_iteration(model, eta, X):
+    "M-step from `model`'s E-step average `eta`, then the new model's E-step average and log-likelihood in one pass."
     family = type(model)
-    new = family._m_step_fn(family._e_step_fn(model, X))
-    return new, _mean_log_likelihood(new, X), param_change(new, model)
+    new = family._m_step_fn(_gauged(family, eta), model)
+    new_eta, new_ll = family._e_step_and_ll_fn(new, X)
+    return new, new_eta, new_ll, param_change(new, model)
 
 def _check_model(model):
     if not hasattr(type(model), "_e_step_fn"): raise ValueError(f"model must be a mixture model such as NormalInverseGaussian, got {type(model).__name__}")
     if not bool(model.is_admissible()): raise ValueError("the starting model is not admissible (non-finite or non-positive-definite parameters)")
 
 class BatchEMFitter:
-    "Batch EM: full E-step and closed-form M-step until the log-likelihood gain falls below `tol`."
+    "Batch EM: full E-step and M-step until the log-likelihood gain falls below `tol`."
     def __init__(self, tol: float=1e-6, # stop when the mean log-likelihood rises by less than this (nats per observation)
                  max_iter: int=500, # most iterations
                  verbose: int=0, # 1 prints a line per iteration
@@ -102,15 +111,16 @@ class BatchEMFitter:
         _check_model(model)
         X = check_fit_data(as_data(X, model.mu.shape[0]))
         start = time.perf_counter()
-        ll = float(_mean_log_likelihood(model, X))
+        eta, ll = _e_step_and_ll(model, X)
+        ll = float(ll)
         lls, changes, converged = [ll], [], False
         if self.verbose: print(f"EM [batch] {type(model).__name__}: tol={self.tol:g}, max_iter={self.max_iter}, initial LL={ll:.6f}")
         for it in range(self.max_iter):
-            new, new_ll, change = _batch_iteration(model, X)
+            new, new_eta, new_ll, change = _batch_iteration(model, eta, X)
             if not bool(new.is_admissible()):
                 warnings.warn(f"iteration {it + 1} produced an inadmissible model; the previous one is kept", stacklevel=2)
                 break
-            model, new_ll = new, float(new_ll)
+            model, eta, new_ll = new, new_eta, float(new_ll)
             lls.append(new_ll); changes.append(float(change))
             if self.verbose: print(f"  iter {it + 1:4d}  LL={new_ll:.6f}  ΔLL={new_ll - ll:+.3e}  |Δparams|={float(change):.4e}")
             converged = new_ll - ll < self.tol
@@ -121,7 +131,7 @@ class BatchEMFitter:
         if self.verbose: print(f"  {'Converged' if converged else 'NOT converged'} after {len(changes)} iterations ({elapsed:.2f}s), final LL={ll:.6f}")
         return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(_fit_summary(model, X)[1]))
 
-# %% ../../nbs/45_em_fitting.ipynb #14025078
+# %% ../../nbs/45_em_fitting.ipynb #259ae34f
 def _visit_order(key, n: int, epochs: int) -> jax.Array:
     "`epochs` independent permutations of `range(n)`, end to end, drawn from the JAX `key`."
     # NumPy's generator, seeded by the key's bits, shuffles in O(n); XLA's sort-based permutation costs
@@ -139,14 +149,15 @@ def _incremental_steps(carry, rule, X, order, first, length, batch_size, inner_i
         batch = X[lax.dynamic_slice(order, (t * batch_size,), (batch_size,))]
         if inner_iter > 1:
             def refine(_, m):
-                cand = family._m_step_fn(family._e_step_fn(m, batch))
+                cand = family._m_step_fn(_gauged(family, family._e_step_fn(m, batch)), m)
                 return _keep_if(cand.is_admissible(), cand, m)
             mid = lax.fori_loop(0, inner_iter, refine, model)
             eta_hat = mid.expectation_params()
         else:
             mid, eta_hat = model, family._e_step_fn(model, batch)
         eta_new, state_new = rule(eta, eta_hat, t, batch_size, state)
-        cand = family._m_step_fn(eta_new)
+        eta_new = _gauged(family, eta_new)
+        cand = family._m_step_fn(eta_new, mid)  # the previous model warm-starts families whose M-step iterates
         ok = cand.is_admissible()
         new = _keep_if(ok, cand, mid)
         carry = (new, _keep_if(ok, eta_new, eta), _keep_if(ok, state_new, state), rejected + (~ok).astype(jnp.int32))
@@ -158,7 +169,7 @@ def _progress(done, total, width=30):
     sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
     sys.stdout.flush()
 
-# %% ../../nbs/45_em_fitting.ipynb #8db7acbe
+# %% ../../nbs/45_em_fitting.ipynb #58f00768
 class IncrementalEMFitter:
     "Mini-batch EM: E-step on a batch, blend η with `eta_update`, M-step; all steps in one compiled `lax.scan`."
     def __init__(self, batch_size: int=256, # points per step; clamped to `n` if larger
@@ -197,7 +208,7 @@ class IncrementalEMFitter:
         n = X.shape[0]
         size, steps = min(self.batch_size, n), self.max_steps
         order = _visit_order(as_key(key), n, max(1, -(-steps * size // n)))
-        carry = (model, model.expectation_params(), self.eta_update.init_state(), jnp.int32(0))
+        carry = (model, _gauged(type(model), model.expectation_params()), self.eta_update.init_state(), jnp.int32(0))
         if self.verbose:
             print(f"EM [incremental] {type(model).__name__}: rule={type(self.eta_update).__name__}, batch_size={size}, "
                   f"max_steps={steps}, inner_iter={self.inner_iter}")

@@ -78,7 +78,7 @@ def _gaussian_trapezoid(mu, z):
     k_sum, k1_sum = (weight * (g + 1 / g)).sum(-1), (weight * (g1 + 1 / g1)).sum(-1)
     return jnp.log(k_sum) - z, k1_sum / k_sum
 
-# %% ../../nbs/47_em_log_kv.ipynb #8285c3d1
+# %% ../../nbs/47_em_log_kv.ipynb #1eca6bf1
 @jax.jit
 def log_kv_and_ratio(nu: jax.Array, # order, any real
                      z: jax.Array, # argument, positive
@@ -94,12 +94,14 @@ def log_kv_and_ratio(nu: jax.Array, # order, any real
 
     def block(state):
         k, log_k, t = state
-        product = jnp.ones_like(t)
+        product, exponent = jnp.ones_like(t), jnp.zeros(t.shape, jnp.int32)
         for j in range(8):
             active = k + j <= steps
-            product = jnp.where(active, product * t, product)
+            # t grows like 2k/z: keep the running product as mantissa and binary exponent so tiny z cannot overflow it
+            product, shift = jnp.frexp(jnp.where(active, product * t, product))
+            exponent = exponent + shift
             t = jnp.where(active & (k + j < steps), 1 / t + 2 * (mu + k + j) / z, t)
-        return k + 8, log_k + jnp.log(product), t
+        return k + 8, log_k + jnp.log(product) + exponent * np.log(2.0), t
 
     _, log_k, t = lax.while_loop(lambda s: s[0] <= steps.max(initial=0.0), block, (jnp.float64(1.0), log_k, up))
     return log_k, jnp.where(steps == 0, up, 1 / t)
