@@ -10,25 +10,25 @@ __all__ = ['gig_log_normalizer', 'gig_moments', 'kv_ratio', 'log_k0_k1', 'log_kv
            'SampleWeightedUpdate', 'Shrinkage', 'eta0_diagonal', 'eta0_from_model', 'eta0_isotropic', 'eta0_with_sigma',
            'log_kv', 'log_kv_and_ratio', 'GIG', 'GIGSolution', 'gamma_shape', 'gig_admissible', 'gig_expectations',
            'gig_from_expectations', 'gig_log_partition', 'gig_log_prob', 'gig_rvs', 'GeneralizedHyperbolic',
-           'NormalInverseGamma', 'NormalMixture', 'VarianceGamma']
+           'NormalInverseGamma', 'NormalMixture', 'GIGMixture', 'VarianceGamma']
 
-# %% ../../nbs/40_em.ipynb #d718239f
+# %% ../../nbs/40_em.ipynb #5eac2028
 from .bessel import gig_log_normalizer, gig_moments, kv_ratio, log_k0_k1, log_kv_half_integer, log_kv_ladder
-from .expfam import MixtureEta, as_data, average_statistics, joint_statistics, normal_eta, normal_m_step, quadratic_forms
+from .expfam import MixtureEta, NormalMixture, as_data, average_statistics, joint_statistics, normal_eta, normal_m_step, quadratic_forms
 from .kv import log_kv, log_kv_and_ratio
 from .gig import (GIG, GIGSolution, gamma_shape, gig_admissible, gig_expectations, gig_from_expectations,
                             gig_log_partition, gig_log_prob, gig_rvs)
-from .family import GeneralizedHyperbolic, NormalInverseGamma, NormalMixture, VarianceGamma
+from .family import GeneralizedHyperbolic, GIGMixture, NormalInverseGamma, VarianceGamma
 from .fitting import BatchEMFitter, EMResult, IncrementalEMFitter, multi_start, param_change, random_starts
 from .nig import NormalInverseGaussian
 from .rules import (AffineUpdate, EtaRule, EWMAUpdate, IdentityUpdate, RobbinsMonroUpdate, SampleWeightedUpdate,
                               Shrinkage, eta0_diagonal, eta0_from_model, eta0_isotropic, eta0_with_sigma)
 
-# %% ../../nbs/40_em.ipynb #61f2f98f
+# %% ../../nbs/40_em.ipynb #809f6282
 _all_ = ["gig_log_normalizer", "gig_moments", "kv_ratio", "log_k0_k1", "log_kv_half_integer", "log_kv_ladder", "MixtureEta", "as_data", "average_statistics",
          "joint_statistics", "normal_eta", "normal_m_step", "quadratic_forms", "BatchEMFitter", "EMResult", "IncrementalEMFitter", "multi_start",
          "param_change", "random_starts", "NormalInverseGaussian", "AffineUpdate", "EtaRule", "EWMAUpdate", "IdentityUpdate",
          "RobbinsMonroUpdate", "SampleWeightedUpdate", "Shrinkage", "eta0_diagonal", "eta0_from_model", "eta0_isotropic",
          "eta0_with_sigma", "log_kv", "log_kv_and_ratio", "GIG", "GIGSolution", "gamma_shape", "gig_admissible",
          "gig_expectations", "gig_from_expectations", "gig_log_partition", "gig_log_prob", "gig_rvs", "GeneralizedHyperbolic",
-         "NormalInverseGamma", "NormalMixture", "VarianceGamma"]
+         "NormalInverseGamma", "NormalMixture", "GIGMixture", "VarianceGamma"]
