@@ -158,7 +158,7 @@ def normal_mixture_draws(mu, gamma, sigma, # the normal part
     z = jax.random.normal(key, (w.shape[0], mu.shape[0])) @ jnp.linalg.cholesky(sigma).T
     return mu + w[:, None] * gamma + jnp.sqrt(w)[:, None] * z
 
-# %% ../../nbs/41_em_expfam.ipynb #f8b59d89
+# %% ../../nbs/41_em_expfam.ipynb #53c1eb1f
 class NormalMixture:
     "Methods shared by normal variance-mean mixtures; a family is a `NamedTuple` of $(\\mu,\\gamma,\\Sigma,\\dots)$ plus this."
     __slots__ = ()
@@ -166,6 +166,7 @@ class NormalMixture:
     _positive_fields: tuple = () # mixing parameters that must be positive
     _default_mixing: tuple = () # mixing parameters of the moment start (a law with E[W] = 1)
     _needs_log_w: bool = False # whether the mixing M-step needs E[log W]
+    _gauge_fn = None # for families identified only up to a scale: η -> η in the normalised gauge, applied before the M-step
 
     @classmethod
     def from_classical(cls, *, mu, gamma, sigma, **mixing):

@@ -70,14 +70,13 @@ def _diagnose(share) -> float:
                       f"carry {held:.0%} of the dispersion statistic (outliers?)", stacklevel=3)
     return held
 
-# %% ../../nbs/45_em_fitting.ipynb #3e745064
+# %% ../../nbs/45_em_fitting.ipynb #04ddba76
 @jax.jit
 def _mean_log_likelihood(model, X): return type(model)._log_prob_fn(model, X).mean()
 
 def _gauged(family, eta):
     "η in the family's normalisation, for families whose parameters are only identified up to a scale (GH)."
-    gauge = getattr(family, "_gauge_fn", None)
-    return eta if gauge is None else gauge(eta)
+    return eta if family._gauge_fn is None else family._gauge_fn(eta)
 
 @jax.jit
 def _e_step_and_ll(model, X): return type(model)._e_step_and_ll_fn(model, X)
