@@ -19,7 +19,7 @@ from ..core import as_key, check_int
 from .kv import log_kv, log_kv_and_ratio
 
 # %% auto #0
-__all__ = ['gig_log_partition', 'gig_expectations', 'gig_log_prob', 'gig_rvs', 'GIGSolution', 'gig_admissible',
+__all__ = ['gig_log_partition', 'gig_expectations', 'gig_variance', 'gig_log_prob', 'gig_rvs', 'GIGSolution', 'gig_admissible',
            'gig_from_expectations', 'gamma_shape', 'GIG', 'gig_curves', 'plot_gig', 'gig_explorer']
 
 # %% ../../nbs/48_em_gig.ipynb #ce712a4e
@@ -49,7 +49,7 @@ def gig_log_partition(p: jax.Array, # order, any real
     bessel = math.log(2.0) + p / 2 * jnp.log(b_in / a_in) + log_kv(p, jnp.sqrt(a_in * b_in))
     return jnp.where(inside, bessel, _edge_log_partition(p, a, b))
 
-# %% ../../nbs/48_em_gig.ipynb #14c89938
+# %% ../../nbs/48_em_gig.ipynb #526b4263
 def _gig_pass(p, a, b, with_log_moment: bool=True):
     "$(\\log Z, E[W], E[1/W], E[\\log W])$ from one pass through `log_kv_and_ratio`, forward-mode in the order for $E[\\log W]$ (edges included)."
     p, a, b = _as_float64(p, a, b)
@@ -83,7 +83,14 @@ def gig_expectations(p: jax.Array, # order, any real
     "The GIG's sufficient-statistic means for real orders, with the gamma ($b=0$) and inverse-gamma ($a=0$) limits."
     return _gig_pass(p, a, b)[1:]
 
-# %% ../../nbs/48_em_gig.ipynb #8cd97f0b
+@jax.jit
+def gig_variance(p: jax.Array, a: jax.Array, b: jax.Array, # the parameters ($a=0$ or $b=0$: the edges)
+                ) -> jax.Array: # $\mathrm{Var}(W)$; $+\infty$ where it does not exist
+    "$\\mathrm{Var}(W)=E[W]\\,(E_{p+1}[W]-E[W])$: $w\\,f(w)$ normalised is the GIG of order $p+1$, so $E[W^2]=E[W]\\,E_{p+1}[W]$."
+    mean = gig_expectations(p, a, b)[0]
+    return mean * (gig_expectations(p + 1, a, b)[0] - mean)
+
+# %% ../../nbs/48_em_gig.ipynb #9b277b1b
 @jax.jit
 def gig_log_prob(w: jax.Array, # points, positive
                  p: jax.Array, a: jax.Array, b: jax.Array, # the parameters (broadcast against `w`)
@@ -95,7 +102,7 @@ def gig_log_prob(w: jax.Array, # points, positive
     inner = (p - 1) * jnp.log(w_safe) - (a * w_safe + b / w_safe) / 2 - gig_log_partition(p, a, b)
     return jnp.where(positive, inner, -jnp.inf)
 
-# %% ../../nbs/48_em_gig.ipynb #3deea299
+# %% ../../nbs/48_em_gig.ipynb #ce15c230
 def _devroye_envelope(lam, omega):
     "Devroye's (2014) hat for $\\psi$: the break points and the tail slopes."
     alpha = jnp.sqrt(lam * lam + omega * omega) - lam
@@ -147,7 +154,7 @@ def gig_rvs(key: jax.Array, # a JAX key
     limit = jnp.where(b == 0, g / (a / 2), (b / 2) / g)
     return jnp.where(inside, bessel, limit)
 
-# %% ../../nbs/48_em_gig.ipynb #e5161d94
+# %% ../../nbs/48_em_gig.ipynb #a72dd825
 class GIGSolution(NamedTuple):
     "The GIG fitted to given moments by `gig_from_expectations`."
     p: jax.Array # order
@@ -166,7 +173,7 @@ def _inverse_gaussian_start(w, inv_w):
     delta = (0.5 + jnp.sqrt(0.25 + omega * omega * w * inv_w)) / (omega * inv_w)  # the delta-stationarity root at p = -1/2
     return jnp.stack([-0.5, omega / delta, omega * delta])
 
-# %% ../../nbs/48_em_gig.ipynb #c50a0785
+# %% ../../nbs/48_em_gig.ipynb #4c14a805
 def _dual_pass(theta, eta):
     "$F$, $\\nabla F$ at the first row of `theta` and a forward-difference Hessian from the other three rows."
     log_z, mean, mean_reciprocal, mean_log = _gig_pass(theta[:, 0], theta[:, 1], theta[:, 2])
@@ -222,7 +229,7 @@ def gig_from_expectations(w: jax.Array, # target $E[W]$
     theta = jnp.where(admissible, theta, jnp.nan)
     return GIGSolution(theta[0], theta[1], theta[2], (decrement < tol) & admissible, iterations)
 
-# %% ../../nbs/48_em_gig.ipynb #5ecc03fe
+# %% ../../nbs/48_em_gig.ipynb #ce7cd7dc
 @jax.jit
 def gamma_shape(r: jax.Array, # $\log E[W]-E[\log W]$, positive
                ) -> jax.Array: # the shape $\alpha$ with $\log\alpha-\psi(\alpha)=r$; NaN if $r\le0$
@@ -238,7 +245,7 @@ def gamma_shape(r: jax.Array, # $\log E[W]-E[\log W]$, positive
         return 1 / (1 / alpha + excess / (alpha * alpha * slope))
     return jnp.where(valid, lax.fori_loop(0, 6, newton, alpha), jnp.nan)
 
-# %% ../../nbs/48_em_gig.ipynb #c5ea541a
+# %% ../../nbs/48_em_gig.ipynb #8d7b133f
 class GIG(NamedTuple):
     "The generalised inverse Gaussian $\\mathrm{GIG}(p,a,b)$, density $\\propto w^{p-1}e^{-(aw+b/w)/2}$ (with its gamma and inverse-gamma edges)."
     p: jax.Array # order
@@ -275,9 +282,8 @@ class GIG(NamedTuple):
 
     @property
     def var(self) -> jax.Array:
-        "$\\mathrm{Var}(W)=E[W]\\,(E_{p+1}[W]-E[W])$."
-        mean = self.mean
-        return mean * (gig_expectations(self.p + 1, self.a, self.b)[0] - mean)
+        "$\\mathrm{Var}(W)$, by `gig_variance`."
+        return gig_variance(*self)
 
     def log_prob(self, w) -> jax.Array:
         "Log-density at `w`."
@@ -287,7 +293,7 @@ class GIG(NamedTuple):
         "`n` draws; `seed` is an int or a JAX key."
         return gig_rvs(as_key(seed), *self, check_int("n", n, minimum=1))
 
-# %% ../../nbs/48_em_gig.ipynb #8426ecc1
+# %% ../../nbs/48_em_gig.ipynb #0bc9685d
 def gig_curves(p: float=-0.5, # the middle order; densities are drawn at p - 1, p and p + 1
                a: float=1.0, b: float=1.0, # the GIG's a and b (positive)
                n_draws: int=5000, # draws at order p for the histogram
