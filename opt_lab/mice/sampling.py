@@ -20,7 +20,7 @@ def _take(data, idx: np.ndarray):
     if isinstance(data, np.ndarray): return data[idx]
     return [data[int(i)] for i in idx]
 
-# %% ../../nbs/23_mice_sampling.ipynb #935d9b8e
+# %% ../../nbs/23_mice_sampling.ipynb #4680e23c
 class FiniteSampler:
     "Draws indices of a finite population without replacement, in uniformly random order, independently of how the data are ordered."
     def __init__(self, data, # an array (rows are samples) or a sequence
@@ -29,6 +29,7 @@ class FiniteSampler:
         self.data, self.rng, self.size = data, rng, len(data)
         self.taken = np.zeros(self.size, dtype=bool)
         self.count = 0
+        self._rest, self._dealt = None, 0  # the undrawn indices in random order, once past half the population
 
     @property
     def remaining(self) -> int:
@@ -39,20 +40,22 @@ class FiniteSampler:
         "`n` fresh indices (at most `remaining`)."
         n = min(int(n), self.remaining)
         if n <= 0: return np.zeros(0, dtype=np.int64)
-        if self.count + n > self.size // 2:
-            # past half the population, rejection wastes draws: shuffle what is left
-            pool = np.flatnonzero(~self.taken)
-            idx = self.rng.permutation(pool)[:n]
+        if self._rest is None and self.count + n > self.size // 2:
+            # past half the population, rejection wastes draws: shuffle what is left once and deal from it
+            self._rest = self.rng.permutation(np.flatnonzero(~self.taken))
+        if self._rest is not None:
+            idx = self._rest[self._dealt:self._dealt + n]
+            self._dealt += n
         else:
-            idx = np.zeros(0, dtype=np.int64)
-            while idx.size < n:
-                want = n - idx.size
-                cand = self.rng.integers(0, self.size, size=2 * want + 8)
-                cand = cand[~self.taken[cand]]
-                _, first = np.unique(cand, return_index=True)
-                cand = cand[np.sort(first)]
-                cand = cand[~np.isin(cand, idx, assume_unique=True)] if idx.size else cand
-                idx = np.concatenate([idx, cand[:want]])
+            # distinct candidates in random order; those drawn before are rejected and replaced in another round
+            rounds, short = [], n
+            while short:
+                fresh = self.rng.choice(self.size, short, replace=False)
+                fresh = fresh[~self.taken[fresh]]
+                self.taken[fresh] = True
+                rounds.append(fresh)
+                short -= fresh.size
+            idx = np.concatenate(rounds) if len(rounds) > 1 else rounds[0]
         self.taken[idx] = True
         self.count += n
         return idx
