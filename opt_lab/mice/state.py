@@ -134,7 +134,7 @@ class LevelState:
     mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
     v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
 
-# %% ../../nbs/22_mice_state.ipynb #b29e6f7c
+# %% ../../nbs/22_mice_state.ipynb #7e45a470
 def _frozen(a):
     "A read-only copy."
     a = np.array(a)
@@ -169,7 +169,7 @@ class LevelStack:
         if self.size == len(self.n): self._alloc(2 * len(self.n))
         i = self.size
         self.x[i], self.n[i], self.cost[i] = x, 0, cost
-        self.psum[i], self.sq[i] = 0.0, 0.0
+        self.shift[i], self.psum[i], self.sq[i] = 0.0, 0.0, 0.0  # an empty level has mean zero
         self.samplers.append(sampler)
         self.size += 1
         self._summary = None
@@ -223,7 +223,7 @@ class LevelStack:
             n, part = self.n[:L], self.psum[:L]
             total = part.sum(axis=1)
             centred = total / np.maximum(n, 1)[:, None]
-            spread = (self.sq[:L] - total * centred).reshape(L, 2, d).sum(axis=2)
+            spread = np.maximum((self.sq[:L] - total * centred).reshape(L, 2, d).sum(axis=2), 0.0)  # no rounding below 0
             v = np.divide(spread, (n - 1)[:, None], out=np.full((L, 2), np.inf), where=(n > 1)[:, None])
             # a leave-one-partition-out mean moves by 1/(P-1) of the level mean's spread; the finite-population
             # factor makes a level that holds the whole data set exact
