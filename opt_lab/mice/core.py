@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #e5e2c619
+# %% ../../nbs/28_mice_estimator.ipynb #514894f7
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -258,8 +258,9 @@ class MICE:
         # levels that grow anyway can take over its share of the error
         largest = max(short, key=lambda t: t[2] - t[1])[0]
         small = {i for i, h, s in short if s - h < self.min_batch and i != largest}
+        if not small: return short
         spare = tol * tol - _error_model([v[i] for i in small], [held[i] for i in small], self.data_size)
-        if not small or spare <= 0: return short
+        if spare <= 0: return short
         rest = [i for i in range(len(v)) if i not in small]
         sizes = _constrained_sizes([v[i] for i in rest], [cost[i] for i in rest], spare, self.data_size,
                                    [float(held[i]) for i in rest])

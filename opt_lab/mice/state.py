@@ -30,23 +30,26 @@ def welford_update(mean: np.ndarray, # current mean, shape `(d,)`
     shift = batch_mean - mean
     return mean + shift * (m / total), m2 + batch_m2 + np.square(shift) * (n * m / total), total
 
-# %% ../../nbs/22_mice_state.ipynb #dc29e71c
+# %% ../../nbs/22_mice_state.ipynb #72f1b493
 def partition_sums(batch: np.ndarray, # samples, shape `(m, d)`
                    start: int, # how many samples the level held before this batch
                    parts: int, # number of partitions
                   ) -> np.ndarray: # shape `(parts, d)`
     "Sum a batch into `parts` partitions, sample number `j` of the level going to partition `j % parts`."
-    lead, m = start % parts, batch.shape[0]
-    return _dealing(parts, lead + m)[lead:lead + m].T @ batch
+    sums = np.zeros((parts, batch.shape[1]))
+    for begin in range(0, batch.shape[0], _DEALT_ROWS):  # one product for any batch of ordinary size
+        chunk = batch[begin:begin + _DEALT_ROWS]
+        lead = (start + begin) % parts
+        sums += _dealing_matrix(parts)[lead:lead + chunk.shape[0]].T @ chunk
+    return sums
 
-@lru_cache(maxsize=16)
-def _dealing_matrix(parts: int, rows: int) -> np.ndarray:
-    deal = np.arange(rows)[:, None] % parts == np.arange(parts)
-    return deal.astype(float)
+_DEALT_ROWS = 4096  # rows dealt per product: bounds the matrix, not the batch
 
-def _dealing(parts: int, rows: int) -> np.ndarray:
-    "A dealing matrix with at least `rows` rows; sizes are rounded up to powers of two so that few are ever built."
-    return _dealing_matrix(parts, 1 << max(rows - 1, 63).bit_length())
+@lru_cache(maxsize=8)
+def _dealing_matrix(parts: int) -> np.ndarray:
+    "Row `r` marks partition `r % parts`; long enough for `_DEALT_ROWS` rows from any starting partition."
+    rows = np.arange(_DEALT_ROWS + parts)
+    return (rows[:, None] % parts == np.arange(parts)).astype(float)
 
 def partition_counts(n, # samples held (an int or an array of them)
                      parts: int, # number of partitions
