@@ -134,6 +134,30 @@ def test_optimal_sizes_are_the_optimum_of_the_constrained_problem(V, tol, N, dat
         assert ours <= best.fun * (1 + 1e-6) + 1e-6
 
 
+@pytest.mark.parametrize("problem", ["quadratic", "logistic"])
+def test_top_ups_meet_the_tolerance_and_avoid_tiny_passes(problem):
+    "Every pass plans sizes (targets where it grows, what is held elsewhere) that meet tol², and at most one level grows by less than min_batch."
+    from opt_lab.mice.sizes import _error_model
+    if problem == "quadratic": est, p, calls = quad_est(seed=2, policy=DropRestartClipPolicy(drop_param=0.0)), QUAD, 150
+    else: p = logistic_problem(); est, calls = logistic_mice(p, seed=2), 120
+    plans = []
+    def recording(tol, _top_ups=est._top_ups):
+        out = _top_ups(tol)
+        plans.append((tol, *est._levels(), out))
+        return out
+    est._top_ups = recording
+    drive(est, p["x0"], 1 / p["L"], calls=calls)
+    checked = 0
+    for tol, v, _, held, out in plans:
+        if np.isinf(v).any(): continue
+        sizes = [float(h) for h in held]
+        for i, h, target in out: sizes[i] = target
+        assert _error_model(v, sizes, est.data_size) <= tol * tol * (1 + 1e-9)
+        assert sum(target - h < est.min_batch - 1e-9 for _, h, target in out) <= 1
+        checked += bool(out)
+    assert checked >= 20  # enough passes that grew something
+
+
 def test_level_stack_summaries_match_direct_statistics():
     "Shifted sums in, means, variances and leave-one-out deviations out, through removals and a restart."
     from opt_lab.mice.state import LevelStack, loo_deviations, partition_sums

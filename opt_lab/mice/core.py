@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #514894f7
+# %% ../../nbs/28_mice_estimator.ipynb #0e12c8cd
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -87,6 +87,7 @@ class MICE:
         self.dim, self._stack, self._to_user = None, None, None
         self._last_call_cost = self.m_restart_min
         self._last_tol = math.inf
+        self._last_plan = None
 
     # -- parameters in and estimates out ---------------------------------------------------------
     def _flat(self, x) -> np.ndarray:
@@ -242,29 +243,41 @@ class MICE:
 
     def _apply_policy(self, tol, events) -> bool:
         "Restart or clip once the new level's pilot is in; whether the hierarchy changed."
-        v, cost, held = self._levels()
+        v, cost, held, sizes = self._plan(tol)
         before = len(events)
-        keep_cost = self.policy.plan_cost(self._sizes(v, cost, held, tol), held, cost)
+        keep_cost = self.policy.plan_cost(sizes, held, cost)
         if len(v) >= 2: keep_cost = self._try_restart(tol, keep_cost, events)
         if self._stack.size >= 2 and self.policy.clip_due(self.k): self._try_clip(tol, keep_cost, events)
         return len(events) > before
 
-    def _top_ups(self, tol: float) -> list:
-        "The levels to grow as `(level, held, target)`; top-ups under `min_batch` samples are folded into the largest ones."
+    def _plan(self, tol: float) -> tuple[list, list, list, list]:
+        "Variances, costs, sizes held and the cost-optimal sizes for `tol`; the last plan serves again until the hierarchy changes."
+        summary = self._stack._summaries()  # a new object after every change to the stack
+        if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is summary:
+            return self._last_plan[2]
         v, cost, held = self._levels()
-        short = [(i, h, s) for i, (h, s) in enumerate(zip(held, self._sizes(v, cost, held, tol))) if s > h]
+        plan = v, cost, held, self._sizes(v, cost, held, tol)
+        self._last_plan = tol, summary, plan
+        return plan
+
+    def _top_ups(self, tol: float) -> list:
+        "The levels to grow as `(level, held, target)`; levels short by fewer than `min_batch` samples wait if the others can cover their error."
+        v, cost, held, sizes = self._plan(tol)
+        short = [(i, h, s) for i, (h, s) in enumerate(zip(held, sizes)) if s > h]
         if len(short) < 2: return short
-        # a call to grad costs far more than one sample: a level short by a few samples stays as it is if the
-        # levels that grow anyway can take over its share of the error
+        # a call to grad costs far more than a sample: only the levels short by min_batch or more (and the one short
+        # by most) grow, re-planned to take over the error of all the others at the sizes they hold
         largest = max(short, key=lambda t: t[2] - t[1])[0]
-        small = {i for i, h, s in short if s - h < self.min_batch and i != largest}
-        if not small: return short
-        spare = tol * tol - _error_model([v[i] for i in small], [held[i] for i in small], self.data_size)
-        if spare <= 0: return short
-        rest = [i for i in range(len(v)) if i not in small]
-        sizes = _constrained_sizes([v[i] for i in rest], [cost[i] for i in rest], spare, self.data_size,
-                                   [float(held[i]) for i in rest])
-        return [(i, held[i], s) for i, s in zip(rest, sizes) if s > held[i]]
+        grow = [i for i, h, s in short if s - h >= self.min_batch or i == largest]
+        if len(grow) == len(short): return short
+        growing = set(grow)
+        waiting = [i for i in range(len(v)) if i not in growing]
+        spare = tol * tol - _error_model([v[i] for i in waiting], [held[i] for i in waiting], self.data_size)
+        if spare <= 0:  # they cannot: the small top-ups are rounded up to min_batch, as mice 1.0.5 does
+            return [(i, h, s if i in growing else max(s, h + self.min_batch)) for i, h, s in short]
+        sizes = _constrained_sizes([v[i] for i in grow], [cost[i] for i in grow], spare, self.data_size,
+                                   [float(held[i]) for i in grow])
+        return [(i, held[i], s) for i, s in zip(grow, sizes) if s > held[i]]
 
     # -- one call --------------------------------------------------------------------------------
     def evaluate(self, x, # the current iterate: an array or a pytree of arrays
@@ -300,7 +313,7 @@ class MICE:
             if not short: break
             for i, h, s in short:
                 need = math.ceil(s) - h if s < math.inf else math.inf
-                self._sample(i, int(min(need, max(h, self.min_batch))))  # at most double, then re-estimate
+                self._sample(i, int(min(need, max(3 * h, self.min_batch))))  # at most fourfold, then re-estimate
                 if self.terminate: break
         self._last_call_cost = max(self.counter - start, 1)
         if math.isfinite(tol): self._last_tol = tol

@@ -30,17 +30,18 @@ def welford_update(mean: np.ndarray, # current mean, shape `(d,)`
     shift = batch_mean - mean
     return mean + shift * (m / total), m2 + batch_m2 + np.square(shift) * (n * m / total), total
 
-# %% ../../nbs/22_mice_state.ipynb #72f1b493
+# %% ../../nbs/22_mice_state.ipynb #5a079eb2
 def partition_sums(batch: np.ndarray, # samples, shape `(m, d)`
                    start: int, # how many samples the level held before this batch
                    parts: int, # number of partitions
                   ) -> np.ndarray: # shape `(parts, d)`
     "Sum a batch into `parts` partitions, sample number `j` of the level going to partition `j % parts`."
-    sums = np.zeros((parts, batch.shape[1]))
-    for begin in range(0, batch.shape[0], _DEALT_ROWS):  # one product for any batch of ordinary size
+    dealing = _dealing_matrix(parts)
+    sums = 0.0
+    for begin in range(0, max(batch.shape[0], 1), _DEALT_ROWS):  # one product for any batch of ordinary size
         chunk = batch[begin:begin + _DEALT_ROWS]
         lead = (start + begin) % parts
-        sums += _dealing_matrix(parts)[lead:lead + chunk.shape[0]].T @ chunk
+        sums = sums + dealing[lead:lead + chunk.shape[0]].T @ chunk
     return sums
 
 _DEALT_ROWS = 4096  # rows dealt per product: bounds the matrix, not the batch
