@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #0e12c8cd
+# %% ../../nbs/28_mice_estimator.ipynb #d3ad0ada
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -252,12 +252,12 @@ class MICE:
 
     def _plan(self, tol: float) -> tuple[list, list, list, list]:
         "Variances, costs, sizes held and the cost-optimal sizes for `tol`; the last plan serves again until the hierarchy changes."
-        summary = self._stack._summaries()  # a new object after every change to the stack
-        if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is summary:
+        means = self._stack.means()  # a new array after every change to the stack, and kept alive by the cache
+        if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is means:
             return self._last_plan[2]
         v, cost, held = self._levels()
         plan = v, cost, held, self._sizes(v, cost, held, tol)
-        self._last_plan = tol, summary, plan
+        self._last_plan = tol, means, plan
         return plan
 
     def _top_ups(self, tol: float) -> list:

@@ -30,14 +30,14 @@ def welford_update(mean: np.ndarray, # current mean, shape `(d,)`
     shift = batch_mean - mean
     return mean + shift * (m / total), m2 + batch_m2 + np.square(shift) * (n * m / total), total
 
-# %% ../../nbs/22_mice_state.ipynb #5a079eb2
+# %% ../../nbs/22_mice_state.ipynb #8a6e9fe6
 def partition_sums(batch: np.ndarray, # samples, shape `(m, d)`
                    start: int, # how many samples the level held before this batch
                    parts: int, # number of partitions
                   ) -> np.ndarray: # shape `(parts, d)`
     "Sum a batch into `parts` partitions, sample number `j` of the level going to partition `j % parts`."
     dealing = _dealing_matrix(parts)
-    sums = 0.0
+    sums = 0.0  # the loop runs at least once: an empty batch gives `parts` rows of zeros
     for begin in range(0, max(batch.shape[0], 1), _DEALT_ROWS):  # one product for any batch of ordinary size
         chunk = batch[begin:begin + _DEALT_ROWS]
         lead = (start + begin) % parts
