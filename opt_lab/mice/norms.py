@@ -52,18 +52,24 @@ class PickStream:
         self._used += count
         return picks
 
-# %% ../../nbs/24_mice_norms.ipynb #4e986cf3
+# %% ../../nbs/24_mice_norms.ipynb #c9829eb8
 def resampled_norms(estimate: np.ndarray, # the MICE estimate, shape `(d,)`
                     deviations: np.ndarray, # scaled leave-one-out deviations per level, shape `(L, P, d)`
                     picks: np.ndarray, # which partition's deviation each resampled estimate takes per level, shape `(n, L)`
                    ) -> np.ndarray: # `n + 1` norms, the last one that of `estimate`
     "Norms of resampled estimates: the estimate plus, on every level, the deviation of a randomly chosen leave-one-out mean."
     L, P, d = deviations.shape
-    rows = picks + np.arange(0, L * P, P)  # row of (level, pick) in the flattened deviations
-    samples = deviations.reshape(L * P, d)[rows].sum(axis=1)
+    n = picks.shape[0]
+    # a 0/1 matrix marks the (level, pick) rows of the flattened deviations that each resampled estimate adds up:
+    # one matrix product sums them, several times faster than gathering the rows and reducing over levels
+    chosen = np.zeros((n, L * P))
+    chosen[np.arange(n)[:, None], picks + np.arange(0, L * P, P)] = 1.0
+    samples = chosen @ deviations.reshape(L * P, d)
     samples += estimate
-    norms = np.sqrt(np.einsum("ij,ij->i", samples, samples))
-    return np.append(norms, math.sqrt(estimate @ estimate))
+    norms = np.empty(n + 1)
+    np.sqrt(np.einsum("ij,ij->i", samples, samples), out=norms[:n])
+    norms[n] = math.sqrt(estimate @ estimate)
+    return norms
 
 # %% ../../nbs/24_mice_norms.ipynb #2084a191
 def _quantile(sorted_values, q):
