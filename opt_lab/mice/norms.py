@@ -13,7 +13,7 @@ import numpy as np
 from ..core import check_in_range
 
 # %% auto #0
-__all__ = ['PlainNormEstimator', 'PickStream', 'resampled_norms', 'ResamplingNormEstimator']
+__all__ = ['PlainNormEstimator', 'resampled_norms', 'ResamplingNormEstimator']
 
 # %% ../../nbs/24_mice_norms.ipynb #cbb6a4fb
 @dataclass
@@ -30,29 +30,7 @@ class PlainNormEstimator:
             return self._best
         return n
 
-# %% ../../nbs/24_mice_norms.ipynb #14fcb30a
-class PickStream:
-    "Uniform partition indices in `[0, parts)`, drawn from the generator in blocks and handed out in order."
-    def __init__(self, parts: int, # number of partitions
-                 rng: np.random.Generator, # the source of the blocks
-                 block: int=1 << 14, # indices drawn per generator call
-                ):
-        self.parts, self.rng, self.block = parts, rng, block
-        self._pool, self._used = np.zeros(0, np.int64), 0
-
-    def take(self, n: int, # resampled estimates
-             levels: int, # levels (one pick per level and estimate)
-            ) -> np.ndarray: # shape `(n, levels)`
-        "The next `n * levels` picks."
-        count = n * levels
-        if self._used + count > self._pool.size:
-            self._pool = self.rng.integers(0, self.parts, size=max(self.block, count))
-            self._used = 0
-        picks = self._pool[self._used:self._used + count].reshape(n, levels)
-        self._used += count
-        return picks
-
-# %% ../../nbs/24_mice_norms.ipynb #c9829eb8
+# %% ../../nbs/24_mice_norms.ipynb #5ab85286
 def resampled_norms(estimate: np.ndarray, # the MICE estimate, shape `(d,)`
                     deviations: np.ndarray, # scaled leave-one-out deviations per level, shape `(L, P, d)`
                     picks: np.ndarray, # which partition's deviation each resampled estimate takes per level, shape `(n, L)`
@@ -71,7 +49,7 @@ def resampled_norms(estimate: np.ndarray, # the MICE estimate, shape `(d,)`
     norms[n] = math.sqrt(estimate @ estimate)
     return norms
 
-# %% ../../nbs/24_mice_norms.ipynb #2084a191
+# %% ../../nbs/24_mice_norms.ipynb #b2b7635b
 def _quantile(sorted_values, q):
     "Lower empirical quantile of an already sorted vector (cheaper than `np.quantile` on the hot path)."
     return float(sorted_values[int(q * (len(sorted_values) - 1))])

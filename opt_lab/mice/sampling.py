@@ -12,21 +12,47 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['FiniteSampler', 'ExpectationSampler', 'population_size']
+__all__ = ['IntegerStream', 'FiniteSampler', 'ExpectationSampler', 'population_size']
 
-# %% ../../nbs/23_mice_sampling.ipynb #a290a781
+# %% ../../nbs/23_mice_sampling.ipynb #bcf57f1b
+class IntegerStream:
+    "Uniform integers in `[0, high)`, drawn from the generator in blocks and handed out in order."
+    def __init__(self, high: int, # one past the largest integer
+                 rng: np.random.Generator, # the source of the blocks
+                 block: int=1 << 14, # integers drawn per generator call
+                ):
+        self.high, self.rng, self.block = int(high), rng, int(block)
+        self._pool, self._used = np.zeros(0, np.int64), 0
+
+    def take(self, count: int, # how many integers
+            ) -> np.ndarray: # shape `(count,)`, a read-only view of the block
+        "The next `count` integers (a block too short for them is dropped for a new one)."
+        if self._used + count > self._pool.size:
+            self._pool = self.rng.integers(0, self.high, size=max(self.block, count))
+            self._pool.flags.writeable = False
+            self._used = 0
+        out = self._pool[self._used:self._used + count]
+        self._used += count
+        return out
+
+# %% ../../nbs/23_mice_sampling.ipynb #6760641c
 def _take(data, idx: np.ndarray):
     "Rows `idx` of an array, or the items of a sequence as a list."
-    if isinstance(data, np.ndarray): return data[idx]
+    if isinstance(data, np.ndarray): return np.take(data, idx, axis=0)  # faster than `data[idx]` for long batches
     return [data[int(i)] for i in idx]
 
-# %% ../../nbs/23_mice_sampling.ipynb #4680e23c
+# %% ../../nbs/23_mice_sampling.ipynb #58fc80e9
 class FiniteSampler:
     "Draws indices of a finite population without replacement, in uniformly random order, independently of how the data are ordered."
     def __init__(self, data, # an array (rows are samples) or a sequence
                  rng: np.random.Generator, # the generator that drives the draws
+                 candidates: IntegerStream | None=None, # uniform indices in `[0, len(data))`, shareable between levels; a private stream by default
                 ):
         self.data, self.rng, self.size = data, rng, len(data)
+        if candidates is None: candidates = IntegerStream(self.size, rng, block=1 << 10)
+        if candidates.high != self.size:
+            raise ValueError(f"candidates must draw indices below len(data) = {self.size}, got high={candidates.high}")
+        self.candidates = candidates
         self.taken = np.zeros(self.size, dtype=bool)
         self.count = 0
         self._rest, self._dealt = None, 0  # the undrawn indices in random order, once past half the population
@@ -46,17 +72,22 @@ class FiniteSampler:
         if self._rest is not None:
             idx = self._rest[self._dealt:self._dealt + n]
             self._dealt += n
+            self.taken[idx] = True
         else:
-            # distinct candidates in random order; those drawn before are rejected and replaced in another round
+            # uniform candidates in order: those drawn before, and repeats within the batch, are rejected and
+            # replaced in another round (sequential rejection, so the kept indices are a uniformly random ordered sample)
             rounds, short = [], n
             while short:
-                fresh = self.rng.choice(self.size, short, replace=False)
+                fresh = self.candidates.take(short)
                 fresh = fresh[~self.taken[fresh]]
+                ordered = np.sort(fresh)
+                if (ordered[1:] == ordered[:-1]).any():  # a repeat: keep the first time each index came up
+                    _, first = np.unique(fresh, return_index=True)
+                    fresh = fresh[np.sort(first)]
                 self.taken[fresh] = True
                 rounds.append(fresh)
                 short -= fresh.size
             idx = np.concatenate(rounds) if len(rounds) > 1 else rounds[0]
-        self.taken[idx] = True
         self.count += n
         return idx
 
@@ -64,7 +95,7 @@ class FiniteSampler:
         "`n` fresh samples (fewer if the population runs out)."
         return _take(self.data, self.draw_indices(n))
 
-# %% ../../nbs/23_mice_sampling.ipynb #4e2d4495
+# %% ../../nbs/23_mice_sampling.ipynb #baaa4be5
 def _wants_rng(fn) -> bool:
     try: params = [p for p in inspect.signature(fn).parameters.values()
                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
@@ -82,7 +113,7 @@ class ExpectationSampler:
     def __call__(self, n: int):
         return self.sampler(n, self.rng) if self.with_rng else self.sampler(n)
 
-# %% ../../nbs/23_mice_sampling.ipynb #cce0265a
+# %% ../../nbs/23_mice_sampling.ipynb #b2c3270d
 def population_size(sampler) -> int | None:
     "`None` for a callable sampler, the number of samples for a finite data set; bad input raises."
     if callable(sampler): return None
