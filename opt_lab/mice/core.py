@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #791d2eb8
+# %% ../../nbs/28_mice_estimator.ipynb #441e99ea
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -197,15 +197,17 @@ class MICE:
         "Before sampling at `x`, drop the newest level if a hierarchy without it would cost at most `1 + drop_param` times as much."
         st, L = self._stack, self._stack.size
         last, below = st.x[L - 1], st.x[L - 2]
-        step_last = float(np.linalg.norm(last - below))
-        if step_last == 0:  # the newest iterate repeats the one below it: it carries no information
+        step = last - below
+        step_sq = float(step @ step)
+        if step_sq == 0:  # the newest iterate repeats the one below it: it carries no information
             st.remove(L - 1)
             events.append("drop")
             return
-        # differences of a smooth gradient grow with the step: V(x, y) ~ V_last * (|x - y| / |last - below|)^2
+        # differences of a smooth gradient grow with the step: V(x, y) ~ V_last * |x - y|^2 / |last - below|^2
         v, cost, held = self._levels()
-        v_keep = v[-1] * (float(np.linalg.norm(x - last)) / step_last) ** 2
-        v_drop = v[-1] * (float(np.linalg.norm(x - below)) / step_last) ** 2
+        to_last, to_below = x - last, x - below
+        v_keep = v[-1] * float(to_last @ to_last) / step_sq
+        v_drop = v[-1] * float(to_below @ to_below) / step_sq
         keep_cost = self._plan_cost(v + [v_keep], cost + [2], held + [0], tol)
         drop_cost = self._plan_cost(v[:-1] + [v_drop], cost[:-1] + [2], held[:-1] + [0], tol)
         if self.policy.drop(keep_cost, drop_cost):

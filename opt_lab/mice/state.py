@@ -140,7 +140,7 @@ class LevelState:
     mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
     v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
 
-# %% ../../nbs/22_mice_state.ipynb #1ae2874d
+# %% ../../nbs/22_mice_state.ipynb #3cca9e05
 def _frozen(a):
     "A read-only copy."
     a = np.array(a)
@@ -214,9 +214,10 @@ class LevelStack:
     def remove(self, i: int):
         "Delete level `i`, moving the levels above it down one row."
         L = self.size
-        for name in self._ROW_ARRAYS:
-            a = getattr(self, name)
-            a[i:L - 1] = a[i + 1:L]
+        if i < L - 1:  # the newest level (what Drop removes) leaves nothing to move
+            for name in self._ROW_ARRAYS:
+                a = getattr(self, name)
+                a[i:L - 1] = a[i + 1:L]
         del self.samplers[i]
         self.size -= 1
         self._summary = None
