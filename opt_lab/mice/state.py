@@ -31,7 +31,7 @@ def welford_update(mean: np.ndarray, # current mean, shape `(d,)`
     shift = batch_mean - mean
     return mean + shift * (m / total), m2 + batch_m2 + np.square(shift) * (n * m / total), total
 
-# %% ../../nbs/22_mice_state.ipynb #23bc7c1e
+# %% ../../nbs/22_mice_state.ipynb #d421a8c0
 def partition_sums(batch: np.ndarray, # samples, shape `(m, d)`
                    start: int, # how many samples the level held before this batch
                    parts: int, # number of partitions
@@ -52,7 +52,8 @@ _DEALT_ROWS = 4096  # rows dealt per product: bounds the matrix, not the batch
 def _dealing_matrix(parts: int, with_total: bool) -> np.ndarray:
     "Row `r` marks partition `r % parts` (and a last column of ones with the total); long enough for `_DEALT_ROWS` rows from any starting partition."
     rows = np.arange(_DEALT_ROWS + parts)
-    return (rows[:, None] % parts == np.arange(parts + with_total)).astype(float) + (np.arange(parts + with_total) == parts)
+    dealing = (rows[:, None] % parts == np.arange(parts)).astype(float)
+    return np.hstack([dealing, np.ones((rows.size, 1))]) if with_total else dealing
 
 def partition_counts(n, # samples held (an int or an array of them)
                      parts: int, # number of partitions
