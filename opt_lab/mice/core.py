@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #441e99ea
+# %% ../../nbs/28_mice_estimator.ipynb #18c3caee
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -216,9 +216,7 @@ class MICE:
 
     def _plan_cost(self, v, cost, held, tol) -> float:
         "What a hierarchy whose newest level is still empty would cost, its pilot included."
-        lower = [float(h) for h in held]
-        lower[-1] = self.m_pilot
-        return self.policy.plan_cost(_constrained_sizes(v, cost, tol * tol, self.data_size, lower), held, cost)
+        return self.policy.plan_cost(self._sizes(v, cost, held[:-1] + [self.m_pilot], tol), held, cost)
 
     def _try_restart(self, tol, keep_cost, events) -> float:
         st = self._stack
