@@ -165,10 +165,15 @@ def test_level_stack_summaries_match_direct_statistics():
     d, parts, N = 3, 4, 500
     stack, kept = LevelStack(d, parts, population=N, capacity=2), []
     for level in range(5):
-        rows = rng.normal(100.0 * level, 0.01 + level, size=(rng.integers(2, 60), 2 * d))  # large means, small spread
+        m = rng.integers(2, 60)
+        g, g_prev = (rng.normal(100.0 * level, 0.01 + level, size=(m, d)) for _ in range(2))  # large means, small spread
         stack.append(rng.normal(size=d), 1 if level == 0 else 2)
-        for chunk in np.array_split(rows, 3): stack.absorb(level, chunk)
-        kept.append(rows)
+        if level == 0:
+            for chunk in np.array_split(g, 3): stack.absorb(level, chunk)
+            kept.append(np.concatenate([g, g], axis=1))
+        else:
+            for a, b in zip(np.array_split(g, 3), np.array_split(g_prev, 3)): stack.absorb(level, a, b)
+            kept.append(np.concatenate([g - g_prev, g], axis=1))
     stack.remove(2); del kept[2]
     stack.keep_from(1); del kept[0]
     kept[0] = np.concatenate([kept[0][:, d:], kept[0][:, d:]], axis=1)

@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #18c3caee
+# %% ../../nbs/28_mice_estimator.ipynb #a937bc07
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -89,7 +89,7 @@ class MICE:
         self.dim, self._stack, self._to_user = None, None, None
         self._last_call_cost = self.m_restart_min
         self._last_tol = math.inf
-        self._last_plan = None
+        self._last_plan = self._last_levels = None
 
     # -- parameters in and estimates out ---------------------------------------------------------
     def _flat(self, x) -> np.ndarray:
@@ -150,13 +150,9 @@ class MICE:
             thetas = sampler(m)
             g = self._grads_at(i, thetas, m)
             if g is None: return
-            if cost == 1:
-                columns = np.concatenate([g, g], axis=1)
-            else:
-                g_prev = self._grads_at(i - 1, thetas, m)
-                if g_prev is None: return
-                columns = np.concatenate([g - g_prev, g], axis=1)
-            st.absorb(i, columns)
+            g_prev = None if cost == 1 else self._grads_at(i - 1, thetas, m)
+            if cost == 2 and g_prev is None: return
+            st.absorb(i, g, g_prev)
             n -= m
 
     # -- error control -----------------------------------------------------------------------------
@@ -178,9 +174,13 @@ class MICE:
         return _constrained_sizes(v, cost, tol * tol, self.data_size, lower)
 
     def _levels(self, column: int=0) -> tuple[list, list, list]:
-        "Variances, costs and sizes held, per level, as lists for the scalar planning code."
+        "Variances, costs and sizes held, per level, as lists for the scalar planning code (read-only: the lists of `column=0` are shared until the hierarchy changes)."
         st = self._stack
-        return st.variances(column).tolist(), st.cost[:st.size].tolist(), st.n[:st.size].tolist()
+        means = st.means()  # a new array after every change to the stack, and kept alive by the cache
+        if column == 0 and self._last_levels is not None and self._last_levels[0] is means: return self._last_levels[1]
+        lists = st.variances(column).tolist(), st.cost[:st.size].tolist(), st.n[:st.size].tolist()
+        if column == 0: self._last_levels = means, lists
+        return lists
 
     def _error(self) -> float:
         v, _, held = self._levels()
@@ -254,12 +254,11 @@ class MICE:
 
     def _plan(self, tol: float) -> tuple[list, list, list, list]:
         "Variances, costs, sizes held and the cost-optimal sizes for `tol`; the last plan serves again until the hierarchy changes."
-        means = self._stack.means()  # a new array after every change to the stack, and kept alive by the cache
-        if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is means:
+        levels = self._levels()  # the same lists until the hierarchy changes
+        if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is levels:
             return self._last_plan[2]
-        v, cost, held = self._levels()
-        plan = v, cost, held, self._sizes(v, cost, held, tol)
-        self._last_plan = tol, means, plan
+        plan = *levels, self._sizes(*levels, tol)
+        self._last_plan = tol, levels, plan
         return plan
 
     def _top_ups(self, tol: float) -> list:

@@ -141,7 +141,7 @@ class LevelState:
     mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
     v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
 
-# %% ../../nbs/22_mice_state.ipynb #3cca9e05
+# %% ../../nbs/22_mice_state.ipynb #19e6682d
 def _frozen(a):
     "A read-only copy."
     a = np.array(a)
@@ -159,6 +159,7 @@ class LevelStack:
         self._alloc(capacity)
         self.samplers: list = []
         self._summary = None
+        self._scratch = np.empty((0, 2 * dim))
 
     # per row: the iterate, samples held and their cost; shifted sums (total, per partition, of squares); and factors
     # that depend on the count alone, set when it changes so that a summary needs no count arithmetic
@@ -201,16 +202,29 @@ class LevelStack:
         self.loo_full[i] = root / max(n, 1)
 
     def absorb(self, i: int, # the row
-               columns: np.ndarray, # samples `[Δ | ∇f(x_i)]`, shape `(m, 2d)`
+               g: np.ndarray, # gradients at the level's iterate, shape `(m, d)`
+               g_prev: np.ndarray | None=None, # on a difference level, gradients at the iterate below on the same samples
               ):
-        "Merge a batch of samples into level `i`."
-        n = int(self.n[i])
-        if n == 0: self.shift[i] = columns[0]
-        shifted = columns - self.shift[i]
-        self.psum[i] += partition_sums(shifted, n, self.parts, with_total=True)
-        self.sq[i] += np.einsum("ij,ij->j", shifted, shifted)
-        self._set_count(i, n + columns.shape[0])
+        "Merge a batch of samples into level `i`: the columns `[Δ | ∇f(x_i)]` are $[g-g_{prev} \\mid g]$, or $[g \\mid g]$ on a base level."
+        n, d = int(self.n[i]), self.dim
+        for begin in range(0, g.shape[0], _DEALT_ROWS):
+            chunk = g[begin:begin + _DEALT_ROWS]
+            columns = self._workspace(chunk.shape[0])  # built in place: no temporary per step
+            if g_prev is None: columns[:, :d] = chunk
+            else: np.subtract(chunk, g_prev[begin:begin + _DEALT_ROWS], out=columns[:, :d])
+            columns[:, d:] = chunk
+            if n == 0: self.shift[i] = columns[0]
+            columns -= self.shift[i]
+            self.psum[i] += partition_sums(columns, n, self.parts, with_total=True)
+            self.sq[i] += np.einsum("ij,ij->j", columns, columns)
+            n += chunk.shape[0]
+        self._set_count(i, n)
         self._summary = None
+
+    def _workspace(self, rows: int) -> np.ndarray:
+        "A scratch block of `rows` rows of `2d` columns, reused between batches."
+        if self._scratch.shape[0] < rows: self._scratch = np.empty((max(rows, 2 * self._scratch.shape[0]), 2 * self.dim))
+        return self._scratch[:rows]
 
     def remove(self, i: int):
         "Delete level `i`, moving the levels above it down one row."
