@@ -141,7 +141,7 @@ class LevelState:
     mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
     v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
 
-# %% ../../nbs/22_mice_state.ipynb #19e6682d
+# %% ../../nbs/22_mice_state.ipynb #5822fca2
 def _frozen(a):
     "A read-only copy."
     a = np.array(a)
@@ -207,9 +207,9 @@ class LevelStack:
               ):
         "Merge a batch of samples into level `i`: the columns `[Δ | ∇f(x_i)]` are $[g-g_{prev} \\mid g]$, or $[g \\mid g]$ on a base level."
         n, d = int(self.n[i]), self.dim
-        for begin in range(0, g.shape[0], _DEALT_ROWS):
+        for begin in range(0, g.shape[0], _DEALT_ROWS):  # chunks bound the workspace, as they bound the dealing matrix
             chunk = g[begin:begin + _DEALT_ROWS]
-            columns = self._workspace(chunk.shape[0])  # built in place: no temporary per step
+            columns = self._workspace(chunk.shape[0])  # built in place: no temporary arrays per batch
             if g_prev is None: columns[:, :d] = chunk
             else: np.subtract(chunk, g_prev[begin:begin + _DEALT_ROWS], out=columns[:, :d])
             columns[:, d:] = chunk
