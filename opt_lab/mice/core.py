@@ -25,7 +25,7 @@ from .state import LevelStack
 # %% auto #0
 __all__ = ['MICE', 'per_sample_grad']
 
-# %% ../../nbs/28_mice_estimator.ipynb #a937bc07
+# %% ../../nbs/28_mice_estimator.ipynb #09bb85f5
 class MICE:
     "Multi-Iteration stochastiC Estimator of $\\nabla F(x)=E[\\nabla f(x,\\theta)]$ (Carlon, Espath, Holdorf & Tempone, 2026)."
     def __init__(self,
@@ -173,14 +173,13 @@ class MICE:
         if base_lower is not None: lower[0] = max(lower[0], base_lower)
         return _constrained_sizes(v, cost, tol * tol, self.data_size, lower)
 
-    def _levels(self, column: int=0) -> tuple[list, list, list]:
-        "Variances, costs and sizes held, per level, as lists for the scalar planning code (read-only: the lists of `column=0` are shared until the hierarchy changes)."
+    def _levels(self) -> tuple[list, list, list]:
+        "Variances $V_\\ell$, costs and sizes held, per level, as lists for the scalar planning code (read-only: shared until the hierarchy changes)."
         st = self._stack
         means = st.means()  # a new array after every change to the stack, and kept alive by the cache
-        if column == 0 and self._last_levels is not None and self._last_levels[0] is means: return self._last_levels[1]
-        lists = st.variances(column).tolist(), st.cost[:st.size].tolist(), st.n[:st.size].tolist()
-        if column == 0: self._last_levels = means, lists
-        return lists
+        if self._last_levels is None or self._last_levels[0] is not means:
+            self._last_levels = means, (st.variances(0).tolist(), st.cost[:st.size].tolist(), st.n[:st.size].tolist())
+        return self._last_levels[1]
 
     def _error(self) -> float:
         v, _, held = self._levels()
@@ -231,7 +230,7 @@ class MICE:
 
     def _try_clip(self, tol, keep_cost, events) -> float:
         st = self._stack
-        v_delta, cost, held = self._levels(0)
+        v_delta, cost, held = self._levels()
         v_grad = st.variances(1).tolist()
         i = self.policy.clip_candidate(v_delta, v_grad, cost, held, self.data_size)
         if i is None: return keep_cost
@@ -334,7 +333,7 @@ class MICE:
     def _log(self, events, estimate, tol, norm):
         st = self._stack
         L = st.size
-        v = float(st.variances(0)[L - 1]) if L else math.nan
+        v = self._levels()[0][-1] if L else math.nan
         row = dict(iteration=self.k, num_grads=self.counter, hier_length=L, grad_norm=float(np.sqrt(estimate @ estimate)),
                    norm_estimate=norm, err_tol=tol, err_estimate=math.sqrt(self._error()) if L else math.nan,
                    last_v=v, terminate_reason=self.terminate_reason)
