@@ -171,8 +171,8 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
     return code
 
 # %% ../nbs/90_cli.ipynb #46616c4e
-BENCHMARKS = {"optim": ("opt_lab.optim", "bench_optim"), "mice": ("opt_lab.mice.baselines", "bench_mice"),
-              "em": ("opt_lab.em.tutorial", "bench_em")}
+BENCHMARKS = {"optim": ("opt_lab.book.optim_race", "bench_optim"), "mice": ("opt_lab.book.mice_logistic", "bench_mice"),
+              "em": ("opt_lab.book.em_family_tutorial", "bench_em")}
 
 def run_benchmark(target: str, # a key of `BENCHMARKS`
                   **options, # the benchmark function's keyword arguments (`None` values are left out)

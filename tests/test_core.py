@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from opt_lab.core import (History, as_generator, as_key, check_finite, check_in_range, check_int, check_positive,
-                          check_same_structure, check_shape, flatten_params, sample_mean_explorer, sample_mean_path)
+                          check_same_structure, check_shape, flatten_params)
+from opt_lab.book.display import sample_mean_explorer, sample_mean_path
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
 leaves = st.one_of(hnp.arrays(np.float32, shapes, elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False)),

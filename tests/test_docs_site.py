@@ -137,7 +137,7 @@ def test_every_figure_is_an_image(doms):
         if page not in doms: continue
         pngs = [s for s in doms[page].img_srcs if s.startswith("data:image/png") or s.endswith(".png")]
         assert len(pngs) >= _visible_png_outputs(nb), f"{page}: {len(pngs)} PNG images for {_visible_png_outputs(nb)} figures"
-    assert any(s.startswith("data:image/png") or s.endswith(".png") for s in doms["core.html"].img_srcs)
+    assert any(s.startswith("data:image/png") or s.endswith(".png") for s in doms["display.html"].img_srcs)
 
 
 def test_no_directive_leaks(doms):

@@ -9,7 +9,7 @@ from scipy.special import kve
 from opt_lab.em import (AffineUpdate, BatchEMFitter, EWMAUpdate, IdentityUpdate, IncrementalEMFitter, NormalInverseGaussian,
                         RobbinsMonroUpdate, SampleWeightedUpdate, Shrinkage, eta0_diagonal, eta0_from_model, eta0_isotropic,
                         eta0_with_sigma, gig_moments, kv_ratio, log_kv_ladder)
-from opt_lab.em.tutorial import tutorial_problem, tutorial_rules
+from opt_lab.book.em_tutorial import tutorial_problem, tutorial_rules
 
 _ladder = jax.jit(log_kv_ladder, static_argnums=0)
 

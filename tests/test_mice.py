@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from opt_lab.mice import MICE, DropRestartClipPolicy, FiniteSampler, mice_error, optimal_sample_sizes, plot_mice
-from opt_lab.mice.baselines import logistic_mice, logistic_problem
-from opt_lab.mice.problems import evaluations_to, random_quadratic, rms_error, run_mice
+from opt_lab.book.mice_logistic import logistic_mice, logistic_problem
+from opt_lab.book.mice_quadratic import evaluations_to, random_quadratic, rms_error, run_mice
 
 QUAD = random_quadratic()
 
@@ -137,7 +137,7 @@ def test_optimal_sizes_are_the_optimum_of_the_constrained_problem(V, tol, N, dat
 @pytest.mark.parametrize("problem", ["quadratic", "logistic"])
 def test_top_ups_meet_the_tolerance_and_avoid_tiny_passes(problem):
     "Every pass plans sizes (targets where it grows, what is held elsewhere) that meet tol², and at most one level grows by less than min_batch."
-    from opt_lab.mice.sizes import _error_model
+    from opt_lab.mice.theory import _error_model
     if problem == "quadratic": est, p, calls = quad_est(seed=2, policy=DropRestartClipPolicy(drop_param=0.0)), QUAD, 150
     else: p = logistic_problem(); est, calls = logistic_mice(p, seed=2), 120
     plans = []

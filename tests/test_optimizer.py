@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from opt_lab.optimizer import ALIASES, Optimizer
+from opt_lab.stateful import ALIASES, Optimizer
 from opt_lab.sgd import power_law, sgd
 
 RNG = np.random.default_rng(0)
@@ -104,9 +104,9 @@ def test_history_and_convergence():
     (lambda: Optimizer("rmsprop", _params(), eps=0.0), "eps must be > 0"),
     (lambda: Optimizer("adam", _params(), b1=-0.1), "b1 must be in [0, 1), got -0.1"),
     (lambda: Optimizer(sgd(0.1), _params(), learning_rate=0.1), "belong to the transform"),
-    (lambda: Optimizer(sgd(0.1), _params(), inplace=True), "needs a named optimizer"),
     (lambda: Optimizer("sgd", _params(), convergence="loss"), "convergence must be"),
     (lambda: Optimizer("sgd", (np.ones(2),), inplace=True), "list of floating-point NumPy arrays"),
+    (lambda: Optimizer("sgd", [], inplace=True), "list of floating-point NumPy arrays"),
     (lambda: Optimizer("sgd", _params()).update([np.ones(s) for s in SHAPES[:2]]), "grads must have the structure"),
     (lambda: Optimizer("sgd", _params(), inplace=True).update([np.full(s, np.inf) for s in SHAPES]), "grads[0] has 12 non-finite"),
     (lambda: Optimizer("polyak", _params(), inplace=True).update([np.ones(s) for s in SHAPES]), "needs value="),
@@ -126,8 +126,26 @@ def test_every_alias_runs_both_paths():
             assert opt.step == 3 and all(np.isfinite(np.asarray(p)).all() for p in opt.params)
 
 
+def test_inplace_path_runs_any_transform_and_writes_into_the_callers_arrays():
+    arrays = _params()
+    held = list(arrays)
+    functional = _run(Optimizer(sgd(0.05, momentum=0.5), _params()), range(10))
+    in_place = _run(Optimizer(sgd(0.05, momentum=0.5), arrays, inplace=True), range(10))
+    assert all(a is b for a, b in zip(in_place.params, held))
+    for a, b in zip(arrays, functional.params): np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_inplace_path_refuses_float64_without_x64():
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"params\[0\] is float64 but JAX computes in float32"):
+            Optimizer("adam", _params(), inplace=True)
+        opt = Optimizer("adam", [np.ones(3, np.float32)], inplace=True)
+        opt.update([np.ones(3, np.float32)])
+        assert opt.params[0].dtype == np.float32
+
+
 def test_rosenbrock_explorer_headless():
-    from opt_lab.optim import rosenbrock_explorer
+    from opt_lab.book.optim_race import rosenbrock_explorer
     ex = rosenbrock_explorer()
     first = ex.data["path"].copy()
     ex.controls["optimizer"].value = "polyak"

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from opt_lab.polyak import PolyakSGD, least_squares_problem, polyak_sgd
+from opt_lab.book.problems import least_squares_problem
+from opt_lab.polyak import PolyakSGD, polyak_sgd
 from opt_lab.sgd import apply_updates
 
 jaxopt = pytest.importorskip("jaxopt")

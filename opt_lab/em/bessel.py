@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import gammaln
 
-from .expfam import MixtureEta  # noqa: F401  (importing it switches on float64)
 
 # %% auto #0
 __all__ = ['EULER_GAMMA', 'log_kv_half_integer', 'log_k0_k1', 'log_kv_ladder', 'kv_ratio', 'gig_moments', 'gig_log_normalizer']

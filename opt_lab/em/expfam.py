@@ -14,11 +14,17 @@ import numpy as np
 from ..core import as_key, check_int
 
 # %% auto #0
-__all__ = ['MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step', 'normal_eta', 'quadratic_forms', 'as_data',
-           'check_fit_data', 'check_normal_part', 'moment_start', 'normal_mixture_draws', 'NormalMixture']
+__all__ = ['require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step', 'normal_eta',
+           'quadratic_forms', 'as_data', 'check_fit_data', 'check_normal_part', 'moment_start', 'normal_mixture_draws',
+           'NormalMixture']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
-jax.config.update("jax_enable_x64", True)  # EM statistics are sums of many terms: float64 throughout
+def require_float64(what: str="opt_lab.em", # what needs it, for the message
+                   ):
+    "Raise unless JAX computes in float64 (`jax_enable_x64`): EM statistics are long sums, and float32 loses them."
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(f"{what} computes in float64: call jax.config.update('jax_enable_x64', True) first, "
+                           "at the top of the script or notebook (importing opt_lab changes no JAX setting)")
 
 # %% ../../nbs/41_em_expfam.ipynb #cfc27b59
 class MixtureEta(NamedTuple):
@@ -88,6 +94,7 @@ def as_data(X, # observations, shape `(n, d)`
             min_rows: int=1, # fewest rows accepted
            ) -> jax.Array: # the data as a float64 JAX array (the input is not modified)
     "Validate observations: two-dimensional, non-empty, finite, of the expected dimension."
+    require_float64()
     arr = np.asarray(X, dtype=np.float64)
     if arr.ndim != 2:
         hint = " (one variable: pass X[:, None])" if arr.ndim == 1 else ""
@@ -131,6 +138,7 @@ def check_fit_data(X: jax.Array, # validated observations
 # %% ../../nbs/41_em_expfam.ipynb #12fac2d6
 def check_normal_part(mu, gamma, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Validate $(\\mu,\\gamma,\\Sigma)$: matching shapes, finite, $\\Sigma$ symmetric positive definite; float64 copies."
+    require_float64()
     mu, gamma, sigma = (np.array(v, dtype=np.float64) for v in (mu, gamma, sigma))
     if mu.ndim != 1: raise ValueError(f"mu must be a vector, got shape {mu.shape}")
     d = mu.shape[0]
@@ -202,6 +210,7 @@ class NormalMixture:
 
     def log_prob(self, X) -> jax.Array:
         "Log-density per row of `X` (a single point may be passed as a vector)."
+        require_float64(f"{type(self).__name__}.log_prob")
         X = jnp.asarray(X, dtype=jnp.float64)
         single = X.ndim == 1
         out = type(self)._log_prob_fn(self, as_data(X[None] if single else X, self.dim))

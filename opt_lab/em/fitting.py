@@ -14,10 +14,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jax import lax
 
-from ..core import as_key, check_int, check_positive
+from ..core import as_key, check_int, check_positive, pd
 from .expfam import as_data, check_fit_data, quadratic_forms
 from .rules import EtaRule, RobbinsMonroUpdate
 

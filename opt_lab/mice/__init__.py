@@ -8,13 +8,13 @@ __all__ = ['MICE', 'per_sample_grad', 'EVENTS', 'LOG_COLUMNS', 'Recorder', 'Plai
            'optimal_sample_sizes', 'LevelStack', 'LevelState', 'ResamplingAcc', 'WelfordVec']
 
 # %% ../../nbs/20_mice.ipynb #1293bf54
-from .core import MICE, per_sample_grad
+from .estimator import MICE, per_sample_grad
 from .logging import EVENTS, LOG_COLUMNS, Recorder
 from .norms import PlainNormEstimator, ResamplingNormEstimator
 from .plot import plot_mice
 from .policy import DropRestartClipPolicy
 from .sampling import ExpectationSampler, FiniteSampler
-from .sizes import extra_cost, mice_error, optimal_sample_sizes
+from .theory import extra_cost, mice_error, optimal_sample_sizes
 from .state import LevelStack, LevelState, ResamplingAcc, WelfordVec
 
 # %% ../../nbs/20_mice.ipynb #37173f39

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pandas as pd
+from ..core import pd
 
 # %% auto #0
 __all__ = ['EVENTS', 'LOG_COLUMNS', 'Recorder']

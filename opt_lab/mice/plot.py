@@ -5,9 +5,7 @@
 # %% ../../nbs/27_mice_plot.ipynb #b26a6169
 from __future__ import annotations
 
-import pandas as pd
-
-from ..core import PALETTE
+from ..core import PALETTE, pd
 from .logging import Recorder
 
 # %% auto #0

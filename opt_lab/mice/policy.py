@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import check_int, check_positive
-from .sizes import extra_cost
+from .theory import extra_cost
 
 # %% auto #0
 __all__ = ['DropRestartClipPolicy']

@@ -12,14 +12,13 @@ from functools import partial
 import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
-import pandas as pd
 
-from ..core import as_generator, check_in_range, check_int, check_positive, flatten_params
+from ..core import as_generator, check_in_range, check_int, check_positive, flatten_params, pd
 from .logging import Recorder
 from .norms import PlainNormEstimator, ResamplingNormEstimator, resampled_norms
 from .policy import DropRestartClipPolicy
 from .sampling import ExpectationSampler, FiniteSampler, IntegerStream, population_size
-from .sizes import _constrained_sizes, _error_model
+from .theory import _constrained_sizes, _error_model
 from .state import LevelStack
 
 # %% auto #0

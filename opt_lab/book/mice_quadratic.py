@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..core import Explorer
-from .core import MICE
-from .plot import plot_mice
-from .policy import DropRestartClipPolicy
+from .display import Explorer
+from ..mice.estimator import MICE
+from ..mice.plot import plot_mice
+from ..mice.policy import DropRestartClipPolicy
 
 # %% auto #0
 __all__ = ['random_quadratic', 'run_mice', 'evaluations_to', 'rms_error', 'run_sgd', 'stochastic_rosenbrock', 'stopping_study',

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from .core import MICE
-from .policy import DropRestartClipPolicy
+from ..mice.estimator import MICE
+from ..mice.policy import DropRestartClipPolicy
 
 # %% auto #0
 __all__ = ['logistic_problem', 'svrg', 'sarah', 'saga', 'logistic_mice', 'bench_mice']
@@ -136,7 +136,7 @@ def _best_time(run, repeats=3):
 def bench_mice(repeats: int=5, # seeds per study
                **_): # the CLI's other options do not apply
     "Side-by-side figures for opt_lab's MICE and mice 1.0.5 (if installed); see the chapter for what each row means."
-    from opt_lab.mice.problems import evaluations_to, random_quadratic, rms_error, run_mice
+    from opt_lab.book.mice_quadratic import evaluations_to, random_quadratic, rms_error, run_mice
     try:
         import mice as reference
     except ImportError:
