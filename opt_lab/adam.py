@@ -12,17 +12,42 @@ import jax
 import jax.numpy as jnp
 
 from .core import check_in_range, check_positive
-from .sgd import GradientTransformation, as_schedule, guard_nonfinite
+from .transform import GradientTransformation, chain, guard_nonfinite, scale_by_schedule
 
 # %% auto #0
-__all__ = ['AdamState', 'adam', 'GradientMemory']
+__all__ = ['ScaleByAdamState', 'scale_by_adam', 'adam', 'GradientMemory']
 
 # %% ../nbs/14_adam.ipynb #c71d05dd
-class AdamState(NamedTuple):
-    "State of `adam`."
+class ScaleByAdamState(NamedTuple):
+    "State of `scale_by_adam`."
     count: jax.Array # steps taken, t
     mu: Any # first moment m
     nu: Any # second moment v
+
+def scale_by_adam(b1: float=0.9, # β₁, weight of the past in the first moment, in [0, 1)
+                  b2: float=0.999, # β₂, weight of the past in the second moment, in [0, 1)
+                  eps: float=1e-8, # ε > 0, added to √v̂
+                  eps_root: float=0.0, # ≥ 0, added to v̂ inside the square root
+                  bias_correction: bool=True, # divide the moments by 1 − βᵗ
+                 ) -> GradientTransformation:
+    "Replace the updates by $\\hat m/(\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)$, Adam's stage."
+    check_in_range("b1", b1, 0, 1, closed="left")
+    check_in_range("b2", b2, 0, 1, closed="left")
+    check_positive("eps", eps)
+    check_positive("eps_root", eps_root, allow_zero=True)
+    tm = jax.tree_util.tree_map
+    def init(params): return ScaleByAdamState(jnp.zeros([], jnp.int32), tm(jnp.zeros_like, params), tm(jnp.zeros_like, params))
+
+    def update(updates, state, params=None, **extra):
+        count = state.count + 1
+        mu = tm(lambda g, m: (1 - b1) * g + b1 * m, updates, state.mu)
+        nu = tm(lambda g, v: (1 - b2) * g ** 2 + b2 * v, updates, state.nu)
+        if bias_correction:
+            mu_hat = tm(lambda m: m / (1 - b1 ** count).astype(m.dtype), mu)
+            nu_hat = tm(lambda v: v / (1 - b2 ** count).astype(v.dtype), nu)
+        else: mu_hat, nu_hat = mu, nu
+        return tm(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat), ScaleByAdamState(count, mu, nu)
+    return GradientTransformation(init, update)
 
 # %% ../nbs/14_adam.ipynb #0c915a1c
 def adam(learning_rate: float | Callable=0.001, # step size α, or a schedule
@@ -36,29 +61,8 @@ def adam(learning_rate: float | Callable=0.001, # step size α, or a schedule
          nonfinite: str | None="raise", # "raise", "skip" or None
         ) -> GradientTransformation:
     "Adam: bias-corrected first and second moments of the gradient (Kingma & Ba 2015)."
-    schedule = as_schedule(learning_rate)
-    check_in_range("b1", b1, 0, 1, closed="left")
-    check_in_range("b2", b2, 0, 1, closed="left")
-    check_positive("eps", eps)
-    check_positive("eps_root", eps_root, allow_zero=True)
-    sign = 1.0 if ascent else -1.0
-    tm = jax.tree_util.tree_map
-
-    def init(params):
-        return AdamState(jnp.zeros([], jnp.int32), tm(jnp.zeros_like, params), tm(jnp.zeros_like, params))
-
-    def update(grads, state, params=None, **extra):
-        count = state.count + 1
-        mu = tm(lambda g, m: (1 - b1) * g + b1 * m, grads, state.mu)
-        nu = tm(lambda g, v: (1 - b2) * g ** 2 + b2 * v, grads, state.nu)
-        if bias_correction:
-            mu_hat = tm(lambda m: m / (1 - b1 ** count).astype(m.dtype), mu)
-            nu_hat = tm(lambda v: v / (1 - b2 ** count).astype(v.dtype), nu)
-        else: mu_hat, nu_hat = mu, nu
-        lr = schedule(state.count)
-        updates = tm(lambda m, v: sign * jnp.asarray(lr, m.dtype) * (m / (jnp.sqrt(v + eps_root) + eps)), mu_hat, nu_hat)
-        return updates, AdamState(count, mu, nu)
-    return guard_nonfinite(GradientTransformation(init, update), nonfinite)
+    stages = chain(scale_by_adam(b1, b2, eps, eps_root, bias_correction), scale_by_schedule(learning_rate, 1.0 if ascent else -1.0))
+    return guard_nonfinite(stages, nonfinite)
 
 # %% ../nbs/14_adam.ipynb #c103d6b3
 class GradientMemory:

@@ -13,17 +13,17 @@ import jax
 import jax.numpy as jnp
 
 from .core import as_generator, check_in_range, check_int, check_positive
-from .sgd import GradientTransformation, guard_nonfinite
+from .sgd import _is_zero
+from .transform import GradientTransformation, chain, guard_nonfinite, trace
 
 # %% auto #0
-__all__ = ['PolyakState', 'polyak_stepsize', 'polyak_sgd', 'PolyakSGDState', 'PolyakSGD']
+__all__ = ['ScaleByPolyakState', 'polyak_stepsize', 'scale_by_polyak', 'polyak_sgd', 'PolyakSGDState', 'PolyakSGD']
 
 # %% ../nbs/15_polyak.ipynb #57919f00
-class PolyakState(NamedTuple):
-    "State of `polyak_sgd`."
+class ScaleByPolyakState(NamedTuple):
+    "State of `scale_by_polyak`."
     count: jax.Array # steps taken
     stepsize: jax.Array # the last step size γ
-    velocity: Any # momentum buffer v (zeros when momentum is 0)
 
 # %% ../nbs/15_polyak.ipynb #390c359c
 def polyak_stepsize(value, # f_i(x)
@@ -48,13 +48,31 @@ def polyak_stepsize(value, # f_i(x)
 def _sqnorm(tree): return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))
 
 def _polyak_velocity(velocity, grads, value, max_stepsize, delta, fun_min, momentum, variant, dtype):
-    "The Polyak step from the loss and gradient, and the velocity $v \\leftarrow \\beta v - \\gamma g$; shared by `polyak_sgd` and `PolyakSGD`."
+    "The Polyak step from the loss and gradient, and the velocity $v \\leftarrow \\beta v - \\gamma g$ (the `PolyakSGD` solver's form)."
     step = polyak_stepsize(value, _sqnorm(grads), max_stepsize, delta, fun_min, variant).astype(dtype)
     return jax.tree_util.tree_map(lambda v, g: momentum * v - step * g, velocity, grads), step
 
 def _check_variant(variant):
     if variant not in ("SPS_max", "SPS+"): raise ValueError(f"variant must be 'SPS_max' or 'SPS+', got {variant!r}")
     return variant
+
+def scale_by_polyak(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
+                    delta: float=0.0, # δ ≥ 0 added to ‖g‖²
+                    fun_min: float=0.0, # f_i*, the minimum of each sampled loss
+                    variant: str="SPS_max", # "SPS_max" or "SPS+"
+                   ) -> GradientTransformation:
+    "Replace the updates $g$ by $-\\gamma g$ with the stochastic Polyak step γ; `update` needs `value=`."
+    check_positive("max_stepsize", max_stepsize)
+    check_positive("delta", delta, allow_zero=True)
+    _check_variant(variant)
+    def init(params):
+        return ScaleByPolyakState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.result_type(*jax.tree_util.tree_leaves(params))))
+
+    def update(grads, state, params=None, *, value=None, **extra):
+        if value is None: raise ValueError("polyak_sgd's update needs value=, the loss at the current parameters")
+        step = polyak_stepsize(value, _sqnorm(grads), max_stepsize, delta, fun_min, variant).astype(state.stepsize.dtype)
+        return jax.tree_util.tree_map(lambda g: -step * g, grads), ScaleByPolyakState(state.count + 1, step)
+    return GradientTransformation(init, update)
 
 def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
                delta: float=0.0, # δ ≥ 0 added to ‖g‖²
@@ -65,22 +83,9 @@ def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
                nonfinite: str | None="raise", # "raise", "skip" or None
               ) -> GradientTransformation:
     "SGD with the stochastic Polyak step (Loizou et al. 2021); `update` needs `value=`, the loss at `params`."
-    check_positive("max_stepsize", max_stepsize)
-    check_positive("delta", delta, allow_zero=True)
-    check_in_range("momentum", momentum, 0, 1, closed="left")
-    _check_variant(variant)
-    tm = jax.tree_util.tree_map
-
-    def init(params):
-        dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
-        return PolyakState(jnp.zeros([], jnp.int32), jnp.zeros([], dtype), tm(jnp.zeros_like, params))
-
-    def update(grads, state, params=None, *, value=None, **extra):
-        if value is None: raise ValueError("polyak_sgd's update needs value=, the loss at the current parameters")
-        velocity, step = _polyak_velocity(state.velocity, grads, value, max_stepsize, delta, fun_min, momentum, variant,
-                                          state.stepsize.dtype)
-        return velocity, PolyakState(state.count + 1, step, velocity)
-    return guard_nonfinite(GradientTransformation(init, update), nonfinite)
+    stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant)]
+    if not _is_zero(check_in_range("momentum", momentum, 0, 1, closed="left")): stages.append(trace(momentum))
+    return guard_nonfinite(chain(*stages), nonfinite)
 
 # %% ../nbs/15_polyak.ipynb #7f2e945e
 class PolyakSGDState(NamedTuple):

@@ -12,17 +12,39 @@ import jax
 import jax.numpy as jnp
 
 from .core import check_in_range, check_positive
-from .sgd import GradientTransformation, as_schedule, guard_nonfinite, momentum_step, _is_zero
+from .sgd import momentum_stages
+from .transform import GradientTransformation, chain, guard_nonfinite
 
 # %% auto #0
-__all__ = ['RMSpropState', 'rmsprop']
+__all__ = ['ScaleByRmsState', 'scale_by_rms', 'rmsprop']
 
 # %% ../nbs/13_rmsprop.ipynb #3926dea2
-class RMSpropState(NamedTuple):
-    "State of `rmsprop`."
+class ScaleByRmsState(NamedTuple):
+    "State of `scale_by_rms`."
     count: jax.Array # steps taken
     nu: Any # running mean of squared gradients
-    momentum: Any # momentum buffer, or `None`
+
+def scale_by_rms(decay: float=0.9, # ρ, weight of the past in the mean square, in [0, 1)
+                 eps: float=1e-8, # ε > 0 in the denominator
+                 eps_in_sqrt: bool=False, # divide by √(ν+ε) instead of √ν+ε
+                 initial_scale: float=0.0, # initial value of ν
+                 bias_correction: bool=False, # divide ν by 1 − ρᵗ
+                ) -> GradientTransformation:
+    "Divide the updates by the root of a running mean of their squares (RMSprop's stage)."
+    check_in_range("decay", decay, 0, 1, closed="left")
+    check_positive("eps", eps)
+    check_positive("initial_scale", initial_scale, allow_zero=True)
+    tm = jax.tree_util.tree_map
+    def init(params): return ScaleByRmsState(jnp.zeros([], jnp.int32), tm(lambda p: jnp.full_like(p, initial_scale), params))
+
+    def update(updates, state, params=None, **extra):
+        count = state.count + 1
+        nu = tm(lambda g, n: (1 - decay) * g ** 2 + decay * n, updates, state.nu)
+        nu_hat = tm(lambda n: n / (1 - decay ** count).astype(n.dtype), nu) if bias_correction else nu
+        if eps_in_sqrt: scaled = tm(lambda g, n: g * jax.lax.rsqrt(n + eps), updates, nu_hat)
+        else: scaled = tm(lambda g, n: g / (jnp.sqrt(n) + eps), updates, nu_hat)
+        return scaled, ScaleByRmsState(count, nu)
+    return GradientTransformation(init, update)
 
 # %% ../nbs/13_rmsprop.ipynb #e8955904
 def rmsprop(learning_rate: float | Callable=0.001, # step size α, or a schedule
@@ -39,26 +61,6 @@ def rmsprop(learning_rate: float | Callable=0.001, # step size α, or a schedule
             nonfinite: str | None="raise", # "raise", "skip" or None
            ) -> GradientTransformation:
     "RMSprop: gradient steps divided by the root mean square of recent gradients (Tieleman & Hinton 2012)."
-    schedule = as_schedule(learning_rate)
-    check_in_range("decay", decay, 0, 1, closed="left")
-    check_positive("eps", eps)
-    check_in_range("momentum", momentum, 0, 1, closed="left")
-    check_positive("initial_scale", initial_scale, allow_zero=True)
-    if nesterov and _is_zero(momentum): raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
-    sign = 1.0 if ascent else -1.0
-    tm = jax.tree_util.tree_map
-
-    def init(params):
-        buffer = None if _is_zero(momentum) else tm(jnp.zeros_like, params)
-        return RMSpropState(jnp.zeros([], jnp.int32), tm(lambda p: jnp.full_like(p, initial_scale), params), buffer)
-
-    def update(grads, state, params=None, **extra):
-        count = state.count + 1
-        nu = tm(lambda g, n: (1 - decay) * g ** 2 + decay * n, grads, state.nu)
-        nu_hat = tm(lambda n: n / (1 - decay ** count).astype(n.dtype), nu) if bias_correction else nu
-        if eps_in_sqrt: direction = tm(lambda g, n: g * jax.lax.rsqrt(n + eps), grads, nu_hat)
-        else: direction = tm(lambda g, n: g / (jnp.sqrt(n) + eps), grads, nu_hat)
-        updates, buffer = momentum_step(direction, state.momentum, schedule(state.count), momentum, nesterov,
-                                        lr_in_momentum, sign)
-        return updates, RMSpropState(count, nu, buffer)
-    return guard_nonfinite(GradientTransformation(init, update), nonfinite)
+    rms = scale_by_rms(decay, eps, eps_in_sqrt, initial_scale, bias_correction)
+    stages = momentum_stages(learning_rate, momentum, nesterov, lr_in_momentum, 1.0 if ascent else -1.0)
+    return guard_nonfinite(chain(rms, *stages), nonfinite)

@@ -18,7 +18,8 @@ from .adam import adam
 from .core import History, check_finite, check_positive, check_same_structure
 from .polyak import polyak_sgd
 from .rmsprop import rmsprop
-from .sgd import GradientTransformation, apply_updates, sgd
+from .sgd import sgd
+from .transform import GradientTransformation, apply_updates
 
 # %% auto #0
 __all__ = ['ALIASES', 'from_alias', 'Optimizer']

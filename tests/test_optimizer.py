@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from opt_lab.stateful import ALIASES, Optimizer
-from opt_lab.sgd import power_law, sgd
+from opt_lab.sgd import sgd
+from opt_lab.transform import power_law
 
 RNG = np.random.default_rng(0)
 SHAPES = [(4, 3), (3,), (2, 2)]

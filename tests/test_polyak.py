@@ -7,7 +7,7 @@ import pytest
 
 from opt_lab.book.problems import least_squares_problem
 from opt_lab.polyak import PolyakSGD, polyak_sgd
-from opt_lab.sgd import apply_updates
+from opt_lab.transform import apply_updates
 
 jaxopt = pytest.importorskip("jaxopt")
 

@@ -9,7 +9,8 @@ optax = pytest.importorskip("optax")
 
 from opt_lab.adam import adam
 from opt_lab.rmsprop import rmsprop
-from opt_lab.sgd import apply_updates, exponential_decay, power_law, sgd
+from opt_lab.sgd import sgd
+from opt_lab.transform import apply_updates, exponential_decay, power_law
 
 STEPS = 500
 

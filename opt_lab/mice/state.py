@@ -294,4 +294,18 @@ class LevelStack:
                           cost=int(self.cost[i]), m=int(self.n[i]), mean_delta=_frozen(mean[i, :d]), v_delta=float(v[i, 0]),
                           mean_grad=_frozen(mean[i, d:]), v_grad=float(v[i, 1]))
 
+    def welford(self, i: int, # the row
+                column: int=0, # the differences (0) or the gradients (1)
+               ) -> WelfordVec:
+        "Level `i`'s running mean and squared-deviation sums as a `WelfordVec`, from the sums the estimator reads."
+        n, cols = int(self.n[i]), slice(column * self.dim, (column + 1) * self.dim)
+        total, shift = self.psum[i, self.parts, cols], self.shift[i, cols]
+        return WelfordVec(shift + total / max(n, 1), self.sq[i, cols] - total * total / max(n, 1), n)
+
+    def resampling(self, i: int) -> ResamplingAcc:
+        "Level `i`'s partition sums of $\\Delta$ as a `ResamplingAcc` (the shift added back)."
+        n, d, P = int(self.n[i]), self.dim, self.parts
+        counts, shift = partition_counts(n, P), self.shift[i, :d]
+        return ResamplingAcc(P, self.psum[i, P, :d] + n * shift, n, self.psum[i, :P, :d] + counts[:, None] * shift, counts)
+
     def __len__(self): return self.size
