@@ -83,7 +83,7 @@ def as_schedule(learning_rate: float | Callable, # a positive number or a schedu
     check_positive(name, learning_rate)
     return lambda count: learning_rate
 
-# %% ../nbs/10_transform.ipynb #3a4aabb9
+# %% ../nbs/10_transform.ipynb #851171dd
 def chain(*transforms: GradientTransformation, # the stages, applied in this order
          ) -> GradientTransformation:
     "The transforms run one after the other; the state is the tuple of their states."
@@ -97,7 +97,7 @@ def chain(*transforms: GradientTransformation, # the stages, applied in this ord
         return updates, tuple(states)
     return GradientTransformation(init, update)
 
-# %% ../nbs/10_transform.ipynb #e3d44bab
+# %% ../nbs/10_transform.ipynb #b78dd665
 class ScaleByScheduleState(NamedTuple):
     "State of `scale_by_schedule`."
     count: jax.Array # steps taken, the schedule's argument
@@ -121,7 +121,7 @@ def scale(factor: float, # the constant
     return GradientTransformation(lambda params: (), lambda updates, state, params=None, **extra:
                                   (jax.tree_util.tree_map(lambda u: factor * u, updates), state))
 
-# %% ../nbs/10_transform.ipynb #de8c04b8
+# %% ../nbs/10_transform.ipynb #b1474b4a
 class TraceState(NamedTuple):
     "State of `trace`."
     momentum: Any # the buffer $v$, same structure as the parameters
