@@ -173,3 +173,17 @@ def test_verbose_trace_and_progress_bar(problem, capsys):
     res = IncrementalEMFitter(batch_size=16, max_steps=2000, eta_update=EWMAUpdate(w=0.1), verbose=1).fit(problem["init"], problem["X"], key=0)
     out = capsys.readouterr().out
     assert "2000/2000" in out and "[" + "#" * 30 + "]" in out and len(res.log_likelihoods) == 10
+
+
+def test_the_gaussian_family_fits_through_the_public_contract():
+    "The smallest family, written against the documented hooks alone, runs through both fitters."
+    from opt_lab.em import BatchEMFitter, Gaussian, IncrementalEMFitter, check_family
+    X = np.random.default_rng(5).multivariate_normal([0.5, 1.0, -1.0], np.diag([1.0, 2.0, 0.5]), size=3000)
+    check_family(Gaussian)
+    batch = BatchEMFitter(tol=1e-10).fit(Gaussian.default_init(X), X)
+    np.testing.assert_allclose(batch.model.mu, X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(batch.model.sigma, np.cov(X.T, bias=True), rtol=1e-10)
+    assert batch.n_iter <= 3
+    online = IncrementalEMFitter(batch_size=256, max_steps=40).fit(Gaussian.default_init(X), X, key=0)
+    assert np.isfinite(online.final_log_likelihood)
+    assert online.final_log_likelihood <= batch.final_log_likelihood + 1e-9

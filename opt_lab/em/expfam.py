@@ -14,9 +14,9 @@ import numpy as np
 from ..core import as_key, check_int
 
 # %% auto #0
-__all__ = ['require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step', 'normal_eta',
-           'quadratic_forms', 'as_data', 'check_fit_data', 'check_normal_part', 'moment_start', 'normal_mixture_draws',
-           'NormalMixture']
+__all__ = ['FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step',
+           'normal_eta', 'quadratic_forms', 'as_data', 'check_fit_data', 'check_normal_part', 'moment_start',
+           'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 def require_float64(what: str="opt_lab.em", # what needs it, for the message
@@ -170,29 +170,29 @@ def normal_mixture_draws(mu, gamma, sigma, # the normal part
 class NormalMixture:
     "Methods shared by normal variance-mean mixtures; a family is a `NamedTuple` of $(\\mu,\\gamma,\\Sigma,\\dots)$ plus this."
     __slots__ = ()
-    _mixing_fields: tuple = () # names of the mixing parameters, in field order
-    _positive_fields: tuple = () # mixing parameters that must be positive
-    _default_mixing: tuple = () # mixing parameters of the moment start (a law with E[W] = 1)
-    _needs_log_w: bool = False # whether the mixing M-step needs E[log W]
-    _gauge_fn = None # for families identified only up to a scale: η -> η in the normalised gauge, applied before the M-step
+    mixing_fields: tuple = () # names of the mixing parameters, in field order
+    positive_fields: tuple = () # mixing parameters that must be positive
+    default_mixing: tuple = () # mixing parameters of the moment start (a law with E[W] = 1)
+    needs_log_w: bool = False # whether the mixing M-step needs E[log W]
+    gauge_fn = None # for families identified only up to a scale: η -> η in the normalised gauge, applied before the M-step
 
     @classmethod
     def from_classical(cls, *, mu, gamma, sigma, **mixing):
         "Build a model from $(\\mu,\\gamma,\\Sigma)$ and the family's mixing parameters (keywords), with checks."
-        if set(mixing) != set(cls._mixing_fields):
-            names = ", ".join(f"{f}=" for f in cls._mixing_fields)
+        if set(mixing) != set(cls.mixing_fields):
+            names = ", ".join(f"{f}=" for f in cls.mixing_fields)
             raise ValueError(f"{cls.__name__} takes the mixing parameters {names} got {sorted(mixing)}")
         mu, gamma, sigma = check_normal_part(mu, gamma, sigma)
-        for name in cls._mixing_fields:
+        for name in cls.mixing_fields:
             value = mixing[name]
             if np.ndim(value) != 0 or not np.isfinite(float(value)): raise ValueError(f"{name} must be a finite scalar, got {value!r}")
-            if name in cls._positive_fields and not float(value) > 0: raise ValueError(f"{name} must be positive, got {value!r}")
-        return cls(jnp.asarray(mu), jnp.asarray(gamma), jnp.asarray(sigma), *(jnp.float64(mixing[f]) for f in cls._mixing_fields))
+            if name in cls.positive_fields and not float(value) > 0: raise ValueError(f"{name} must be positive, got {value!r}")
+        return cls(jnp.asarray(mu), jnp.asarray(gamma), jnp.asarray(sigma), *(jnp.float64(mixing[f]) for f in cls.mixing_fields))
 
     @classmethod
     def default_init(cls, X):
         "Moment start: sample mean, no skewness, sample covariance and the family's mixing law with $E[W]=1$."
-        return cls(*moment_start(X), *map(jnp.float64, cls._default_mixing))
+        return cls(*moment_start(X), *map(jnp.float64, cls.default_mixing))
 
     @property
     def dim(self) -> int:
@@ -206,19 +206,19 @@ class NormalMixture:
 
     def rvs(self, n: int, seed=None) -> jax.Array:
         "`n` draws, shape `(n, d)`; `seed` is an int or a JAX key."
-        return type(self)._rvs_fn(self, check_int("n", n, minimum=1), as_key(seed))
+        return type(self).rvs_fn(self, check_int("n", n, minimum=1), as_key(seed))
 
     def log_prob(self, X) -> jax.Array:
         "Log-density per row of `X` (a single point may be passed as a vector)."
         require_float64(f"{type(self).__name__}.log_prob")
         X = jnp.asarray(X, dtype=jnp.float64)
         single = X.ndim == 1
-        out = type(self)._log_prob_fn(self, as_data(X[None] if single else X, self.dim))
+        out = type(self).log_prob_fn(self, as_data(X[None] if single else X, self.dim))
         return out[0] if single else out
 
     def marginal_log_likelihood(self, X) -> jax.Array:
         "Mean log-density over the rows of `X` (nats per observation)."
-        return type(self)._log_prob_fn(self, as_data(X, self.dim)).mean()
+        return type(self).log_prob_fn(self, as_data(X, self.dim)).mean()
 
     @property
     def mean(self) -> jax.Array:
@@ -239,12 +239,12 @@ class NormalMixture:
 
     def e_step(self, X) -> MixtureEta:
         "Average over the rows of `X` of the posterior expectations of the joint statistics."
-        return type(self)._e_step_fn(self, as_data(X, self.dim))
+        return type(self).e_step_fn(self, as_data(X, self.dim))
 
     def m_step(self, eta: MixtureEta):
         "The model whose expectation parameters are `eta` (this model warm-starts an iterative mixing fit); raises if there is none."
-        if self._needs_log_w and eta.log_w is None: raise ValueError(f"{type(self).__name__} needs E[log W] in eta (eta.log_w is None)")
-        new = type(self)._m_step_fn(eta, self)
+        if self.needs_log_w and eta.log_w is None: raise ValueError(f"{type(self).__name__} needs E[log W] in eta (eta.log_w is None)")
+        new = type(self).m_step_fn(eta, self)
         if not bool(new.is_admissible()):
             moments = ", ".join(f"{k}={float(v):.6g}" for k, v in (("E[W]", eta.w), ("E[1/W]", eta.inv_w), ("E[log W]", eta.log_w)) if v is not None)
             raise ValueError(f"eta is not the expectation of any {type(self).__name__}: {moments} (need E[W]E[1/W] > 1 and "
@@ -254,5 +254,58 @@ class NormalMixture:
     def is_admissible(self) -> jax.Array:
         "Whether the parameters describe a distribution: finite, positive where required, positive definite sigma."
         finite = jnp.all(jnp.array([jnp.isfinite(leaf).all() for leaf in self]))
-        positive = jnp.all(jnp.array([getattr(self, f) > 0 for f in self._positive_fields]))
+        positive = jnp.all(jnp.array([getattr(self, f) > 0 for f in self.positive_fields]))
         return finite & positive & jnp.isfinite(jnp.linalg.cholesky(self.sigma)).all()
+
+# %% ../../nbs/41_em_expfam.ipynb #06991180
+FAMILY_HOOKS = ("log_prob_fn", "e_step_fn", "m_step_fn", "e_step_and_ll_fn", "summary_fn", "rvs_fn")
+
+def check_family(family: type, # a model class
+                ) -> type:
+    "Return `family` if it is a `NormalMixture` that supplies every hook of the contract; raise naming what is missing."
+    if not (isinstance(family, type) and issubclass(family, NormalMixture)):
+        raise ValueError(f"model must be a normal variance-mean mixture (a NormalMixture such as NormalInverseGaussian), got {getattr(family, '__name__', family)!r}")
+    missing = [h for h in FAMILY_HOOKS if getattr(family, h, None) is None]
+    missing += [m for m in ("mixing_expectations", "mixing_variance") if not hasattr(family, m)]
+    if missing: raise ValueError(f"{family.__name__} does not supply the family hooks {missing}")
+    return family
+
+# %% ../../nbs/41_em_expfam.ipynb #cfd82347
+@jax.jit
+def _gaussian_log_prob(model, X):
+    q, gg, xg, log_det = quadratic_forms(model.mu, model.gamma, model.sigma, X)
+    return -0.5 * (q - 2 * xg + gg) - 0.5 * X.shape[-1] * jnp.log(2 * jnp.pi) - 0.5 * log_det
+
+@jax.jit
+def _gaussian_e_step(model, X):
+    ones = jnp.ones(X.shape[0], X.dtype)
+    return average_statistics(X, ones, ones)
+
+@jax.jit
+def _gaussian_m_step(eta, previous=None):
+    return Gaussian(eta.x, jnp.zeros_like(eta.x), eta.xx_inv_w - jnp.outer(eta.x, eta.x))
+
+class _GaussianFields(NamedTuple):
+    mu: jax.Array # mean (with `gamma`), shape `(d,)`
+    gamma: jax.Array # a second location term, zero after any M-step, shape `(d,)`
+    sigma: jax.Array # covariance, shape `(d, d)`
+
+class Gaussian(_GaussianFields, NormalMixture):
+    "The normal law $N(\\mu+\\gamma,\\Sigma)$ as the degenerate mixture $W\\equiv1$: the smallest family of the contract."
+    __slots__ = ()
+    log_prob_fn = staticmethod(_gaussian_log_prob)
+    e_step_fn = staticmethod(_gaussian_e_step)
+    m_step_fn = staticmethod(_gaussian_m_step)
+    e_step_and_ll_fn = staticmethod(jax.jit(lambda model, X: (_gaussian_e_step(model, X), _gaussian_log_prob(model, X).mean())))
+    summary_fn = staticmethod(jax.jit(lambda model, X: (_gaussian_log_prob(model, X), jnp.ones(X.shape[0], X.dtype))))
+    rvs_fn = staticmethod(jax.jit(lambda model, n, key: normal_mixture_draws(model.mu, model.gamma, model.sigma, jnp.ones(n), key),
+                                  static_argnums=1))
+
+    def mixing_expectations(self) -> tuple:
+        "$(E[W],E[1/W],\\text{None})=(1,1,\\text{None})$."
+        one = jnp.ones((), self.mu.dtype)
+        return one, one, None
+
+    def mixing_variance(self) -> jax.Array:
+        "$\\mathrm{Var}(W)=0$."
+        return jnp.zeros((), self.mu.dtype)

@@ -67,13 +67,13 @@ def _mixture_rvs(model, n, key):
 class GIGMixture(NormalMixture):
     "A `NormalMixture` whose mixing law is a GIG or one of its edges, given by `mixing_law()` as $(p,a,b)$."
     __slots__ = ()
-    _needs_log_w = True
-    _log_prob_fn = staticmethod(_mixture_log_prob)
-    _e_step_fn = staticmethod(_mixture_e_step)
-    _m_step_fn = staticmethod(_mixture_m_step)
-    _e_step_and_ll_fn = staticmethod(_mixture_e_step_and_ll)
-    _summary_fn = staticmethod(_mixture_summary)
-    _rvs_fn = staticmethod(_mixture_rvs)
+    needs_log_w = True
+    log_prob_fn = staticmethod(_mixture_log_prob)
+    e_step_fn = staticmethod(_mixture_e_step)
+    m_step_fn = staticmethod(_mixture_m_step)
+    e_step_and_ll_fn = staticmethod(_mixture_e_step_and_ll)
+    summary_fn = staticmethod(_mixture_summary)
+    rvs_fn = staticmethod(_mixture_rvs)
 
     def mixing_expectations(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         "$(E[W],E[1/W],E[\\log W])$ of the mixing law ($\\infty$ where a moment does not exist)."
@@ -99,7 +99,7 @@ class _VarianceGammaFields(NamedTuple):
 class VarianceGamma(_VarianceGammaFields, GIGMixture):
     "Variance gamma mixture: $W\\sim\\mathrm{Gamma}(\\alpha,\\beta)$ (shape, rate), i.e. $\\mathrm{GIG}(\\alpha,2\\beta,0)$."
     __slots__ = ()
-    _mixing_fields, _positive_fields, _default_mixing = ("alpha", "beta"), ("alpha", "beta"), (2.0, 2.0)
+    mixing_fields, positive_fields, default_mixing = ("alpha", "beta"), ("alpha", "beta"), (2.0, 2.0)
 
     def mixing_law(self) -> tuple:
         "The mixing law as $(p,a,b)$ of a GIG."
@@ -119,7 +119,7 @@ class _NormalInverseGammaFields(NamedTuple):
 class NormalInverseGamma(_NormalInverseGammaFields, GIGMixture):
     "Normal-inverse gamma mixture: $W\\sim\\mathrm{InvGamma}(\\alpha,\\beta)$, i.e. $\\mathrm{GIG}(-\\alpha,0,2\\beta)$; skewed Student $t$."
     __slots__ = ()
-    _mixing_fields, _positive_fields, _default_mixing = ("alpha", "beta"), ("alpha", "beta"), (3.0, 2.0)
+    mixing_fields, positive_fields, default_mixing = ("alpha", "beta"), ("alpha", "beta"), (3.0, 2.0)
 
     def mixing_law(self) -> tuple:
         "The mixing law as $(p,a,b)$ of a GIG."
@@ -149,8 +149,8 @@ class _GeneralizedHyperbolicFields(NamedTuple):
 class GeneralizedHyperbolic(_GeneralizedHyperbolicFields, GIGMixture):
     "Generalised hyperbolic mixture: $W\\sim\\mathrm{GIG}(p,a,b)$, density $\\propto w^{p-1}e^{-(aw+b/w)/2}$; fits normalised to $|\\Sigma|=1$."
     __slots__ = ()
-    _mixing_fields, _positive_fields, _default_mixing = ("p", "a", "b"), ("a", "b"), (-0.5, 1.0, 1.0)
-    _gauge_fn = staticmethod(_unit_determinant_gauge)
+    mixing_fields, positive_fields, default_mixing = ("p", "a", "b"), ("a", "b"), (-0.5, 1.0, 1.0)
+    gauge_fn = staticmethod(_unit_determinant_gauge)
 
     def mixing_law(self) -> tuple:
         "The mixing law as $(p,a,b)$ of a GIG."

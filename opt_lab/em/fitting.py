@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from ..core import as_key, check_int, check_positive, pd
-from .expfam import as_data, check_fit_data, quadratic_forms
+from .expfam import as_data, check_family, check_fit_data, quadratic_forms
 from .rules import EtaRule, RobbinsMonroUpdate
 
 # %% auto #0
@@ -55,7 +55,7 @@ def param_change(new, old) -> jax.Array:
 @jax.jit
 def _fit_summary(model, X):
     "Mean log-likelihood and each point's share of the dispersion statistic $\\sum_i E[1/W\\mid x_i]\\,Q(x_i)$."
-    log_prob, inv_w = type(model)._summary_fn(model, X)
+    log_prob, inv_w = type(model).summary_fn(model, X)
     share = inv_w * quadratic_forms(model.mu, model.gamma, model.sigma, X)[0]
     return log_prob.mean(), share / share.sum()
 
@@ -71,25 +71,25 @@ def _diagnose(share) -> float:
 
 # %% ../../nbs/45_em_fitting.ipynb #04ddba76
 @jax.jit
-def _mean_log_likelihood(model, X): return type(model)._log_prob_fn(model, X).mean()
+def _mean_log_likelihood(model, X): return type(model).log_prob_fn(model, X).mean()
 
 def _gauged(family, eta):
     "η in the family's normalisation, for families whose parameters are only identified up to a scale (GH)."
-    return eta if family._gauge_fn is None else family._gauge_fn(eta)
+    return eta if family.gauge_fn is None else family.gauge_fn(eta)
 
 @jax.jit
-def _e_step_and_ll(model, X): return type(model)._e_step_and_ll_fn(model, X)
+def _e_step_and_ll(model, X): return type(model).e_step_and_ll_fn(model, X)
 
 @jax.jit
 def _batch_iteration(model, eta, X):
     "M-step from `model`'s E-step average `eta`, then the new model's E-step average and log-likelihood in one pass."
     family = type(model)
-    new = family._m_step_fn(_gauged(family, eta), model)
-    new_eta, new_ll = family._e_step_and_ll_fn(new, X)
+    new = family.m_step_fn(_gauged(family, eta), model)
+    new_eta, new_ll = family.e_step_and_ll_fn(new, X)
     return new, new_eta, new_ll, param_change(new, model)
 
 def _check_model(model):
-    if not hasattr(type(model), "_e_step_fn"): raise ValueError(f"model must be a mixture model such as NormalInverseGaussian, got {type(model).__name__}")
+    check_family(type(model))
     if not bool(model.is_admissible()): raise ValueError("the starting model is not admissible (non-finite or non-positive-definite parameters)")
 
 class BatchEMFitter:
@@ -147,15 +147,15 @@ def _incremental_steps(carry, rule, X, order, first, length, batch_size, inner_i
         batch = X[lax.dynamic_slice(order, (t * batch_size,), (batch_size,))]
         if inner_iter > 1:
             def refine(_, m):
-                cand = family._m_step_fn(_gauged(family, family._e_step_fn(m, batch)), m)
+                cand = family.m_step_fn(_gauged(family, family.e_step_fn(m, batch)), m)
                 return _keep_if(cand.is_admissible(), cand, m)
             mid = lax.fori_loop(0, inner_iter, refine, model)
             eta_hat = mid.expectation_params()
         else:
-            mid, eta_hat = model, family._e_step_fn(model, batch)
+            mid, eta_hat = model, family.e_step_fn(model, batch)
         eta_new, state_new = rule(eta, eta_hat, t, batch_size, state)
         eta_new = _gauged(family, eta_new)
-        cand = family._m_step_fn(eta_new, mid)  # the previous model warm-starts families whose M-step iterates
+        cand = family.m_step_fn(eta_new, mid)  # the previous model warm-starts families whose M-step iterates
         ok = cand.is_admissible()
         new = _keep_if(ok, cand, mid)
         carry = (new, _keep_if(ok, eta_new, eta), _keep_if(ok, state_new, state), rejected + (~ok).astype(jnp.int32))

@@ -79,15 +79,15 @@ class _NormalInverseGaussianFields(NamedTuple):
 class NormalInverseGaussian(_NormalInverseGaussianFields, NormalMixture):
     "Normal-inverse Gaussian mixture $X=\\mu+\\gamma W+\\sqrt W\\Sigma^{1/2}Z$, $W$ inverse Gaussian with mean `mu_ig` and shape `lam`."
     __slots__ = ()
-    _mixing_fields = _positive_fields = ("mu_ig", "lam")
-    _default_mixing = (1.0, 1.0)  # unit inverse Gaussian: mean 1, shape 1
+    mixing_fields = positive_fields = ("mu_ig", "lam")
+    default_mixing = (1.0, 1.0)  # unit inverse Gaussian: mean 1, shape 1
     twice_p = -1  # the mixing law is GIG(-1/2, lam / mu_ig**2, lam)
-    _log_prob_fn = staticmethod(_nig_log_prob)
-    _e_step_fn = staticmethod(_nig_e_step)
-    _m_step_fn = staticmethod(_nig_m_step)
-    _e_step_and_ll_fn = staticmethod(_nig_e_step_and_ll)
-    _summary_fn = staticmethod(_nig_summary)
-    _rvs_fn = staticmethod(_nig_rvs)
+    log_prob_fn = staticmethod(_nig_log_prob)
+    e_step_fn = staticmethod(_nig_e_step)
+    m_step_fn = staticmethod(_nig_m_step)
+    e_step_and_ll_fn = staticmethod(_nig_e_step_and_ll)
+    summary_fn = staticmethod(_nig_summary)
+    rvs_fn = staticmethod(_nig_rvs)
 
     def mixing_expectations(self) -> tuple:
         "$(E[W],E[1/W],\\text{None})$: $m$ and $1/m+1/\\lambda$; the NIG's M-step does not use $E[\\log W]$."
