@@ -17,7 +17,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['pd', 'PALETTE', 'as_key', 'as_generator', 'flatten_params', 'check_positive', 'check_in_range', 'check_int',
-           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History']
+           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History', 'patch_to']
 
 # %% ../nbs/00_core.ipynb #f54d1aa3
 def _is_key(x) -> bool:
@@ -215,6 +215,17 @@ class History:
         self.rows.clear()
     def __len__(self): return len(self.rows)
     def __repr__(self): return f"History({len(self)} rows)"
+
+# %% ../nbs/00_core.ipynb #4de0cae4
+def patch_to(cls: type, # the class that receives the method
+            ) -> Callable:
+    "Decorator that adds a function (or a `property`) to `cls` as a method of the same name."
+    def attach(fn):
+        target = fn.fget if isinstance(fn, property) else fn
+        target.__qualname__ = f"{cls.__name__}.{target.__name__}"
+        setattr(cls, target.__name__, fn)
+        return fn
+    return attach
 
 # %% ../nbs/00_core.ipynb #5fdbe92e
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from .core import as_generator, check_in_range, check_int, check_positive
-from .sgd import _is_zero
 from .transform import GradientTransformation, chain, guard_nonfinite, trace
 
 # %% auto #0
@@ -83,8 +82,8 @@ def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
                nonfinite: str | None="raise", # "raise", "skip" or None
               ) -> GradientTransformation:
     "SGD with the stochastic Polyak step (Loizou et al. 2021); `update` needs `value=`, the loss at `params`."
-    stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant)]
-    if not _is_zero(check_in_range("momentum", momentum, 0, 1, closed="left")): stages.append(trace(momentum))
+    # the buffer is kept at β = 0 too: v ← 0·v − γg compiles to the same rounding as the solver's update
+    stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant), trace(check_in_range("momentum", momentum, 0, 1, closed="left"))]
     return guard_nonfinite(chain(*stages), nonfinite)
 
 # %% ../nbs/15_polyak.ipynb #7f2e945e

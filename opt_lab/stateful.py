@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .adam import adam
-from .core import History, check_finite, check_positive, check_same_structure
+from .core import History, check_finite, check_positive, check_same_structure, patch_to
 from .polyak import polyak_sgd
 from .rmsprop import rmsprop
 from .sgd import sgd
@@ -132,72 +132,82 @@ class Optimizer:
 
     def _fresh_state(self): return self.tx.init(self._jax_params())
 
-    def update(self, grads, # gradients, same structure as the parameters
-               **extra, # e.g. `value=` (the loss; needed by "polyak", recorded in the history)
-              ):
-        "Apply one step; return the new parameters. Gradients are checked for structure and finiteness."
-        self._check_grads(grads)
-        forwarded = {k: v for k, v in extra.items() if _accepts(self.tx.update, k)}
-        params, self.state = _jax_step(self.tx, grads, self.state, self._jax_params(), forwarded)
-        if self.inplace:
-            for target, value in zip(self.params, params): np.copyto(target, value)
-        else: self.params = params
-        self.step += 1
-        if self.record:
-            scalars = {k: float(v) for k, v in extra.items() if np.ndim(v) == 0}
-            self.history.record(step=self.step, grad_norm=_grad_norm(grads), **scalars)
-        return self.params
-
-    def _check_grads(self, grads):
-        "Structure and finiteness of `grads`; lists of arrays take a fast path, the messages come from the core checks."
-        if self.inplace and isinstance(grads, list) and len(grads) == len(self.params) and all(
-                np.shape(g) == p.shape and np.isfinite(g).all() for g, p in zip(grads, self.params)): return
-        check_same_structure("grads", grads, self.params)
-        check_finite("grads", grads)
-
-    def update_layers(self, weights: list, biases: list, # the arrays given as `params` (weights then biases)
-                      weight_grads: list, bias_grads: list, # their gradients
-                     ):
-        "In-place update of an MLP's layers, `params = weights + biases` (needs `inplace=True`)."
-        held = list(weights) + list(biases)
-        if not self.inplace or len(held) != len(self.params) or any(a is not b for a, b in zip(held, self.params)):
-            raise ValueError("update_layers needs inplace=True and params=weights + biases (the same array objects)")
-        self.update(list(weight_grads) + list(bias_grads))
-
-    def check_convergence(self) -> bool:
-        "Whether the last gradient norm (or |Δ value|, with `convergence='value_change'`) is ≤ `tolerance`."
-        rows = self.history.rows
-        if self.convergence == "grad_norm": return bool(rows) and rows[-1]["grad_norm"] <= self.tolerance
-        values = [r["value"] for r in rows[-2:] if "value" in r]
-        return len(values) == 2 and abs(values[1] - values[0]) <= self.tolerance
-
-    def state_dict(self, as_json: bool=False, # nested lists and numbers only, ready for `json.dumps`
-                  ) -> dict:
-        "A copy of everything needed to resume: name, hyper-parameters, step, parameters and state."
-        d = {"format": self.FORMAT, "name": self.name, "inplace": self.inplace, "hyperparameters": dict(self.hyperparameters),
-             "step": self.step, "params": _copy_leaves(self.params), "state": _copy_leaves(self.state)}
-        return _to_json(d) if as_json else d
-
-    def load_state_dict(self, d: dict, # the output of `state_dict` (either form)
-                       ):
-        "Restore a checkpoint exactly, rebuilding the optimizer it was taken from."
-        d = _from_json(d)
-        if d.get("format") != self.FORMAT: raise ValueError(f"not an opt_lab optimizer checkpoint (format {d.get('format')!r})")
-        if d["inplace"] != self.inplace: raise ValueError(f"checkpoint has inplace={d['inplace']}, this optimizer inplace={self.inplace}")
-        if d["name"] is None and self.name is not None: raise ValueError("the checkpoint is of a ready-made transform; load it into an Optimizer built from that transform")
-        if d["name"] is not None: self._configure(d["name"], d["hyperparameters"])
-        leaves, treedef = jax.tree_util.tree_flatten(self.params)
-        saved = d["params"]
-        if len(saved) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(saved, leaves)):
-            raise ValueError(f"checkpoint parameters {[np.shape(a) for a in saved]} do not match {[np.shape(b) for b in leaves]}")
-        if self.inplace:
-            for target, source in zip(self.params, saved): np.copyto(target, source)
-        else: self.params = treedef.unflatten([jnp.array(a, copy=True) for a in saved])
-        template, state_def = jax.tree_util.tree_flatten(self.tx.init(self._jax_params()))
-        if len(template) != len(d["state"]) or any(np.shape(a) != np.shape(b) for a, b in zip(template, d["state"])):
-            raise ValueError("checkpoint state does not match this optimizer's state (different transform?)")
-        self.state = state_def.unflatten([jnp.array(a, copy=True, dtype=jnp.result_type(t)) for a, t in zip(d["state"], template)])
-        self.step = int(d["step"])
-
     def __repr__(self):
         return f"Optimizer({self.name or 'custom transform'}, step={self.step}{', inplace' if self.inplace else ''})"
+
+# %% ../nbs/16_stateful.ipynb #8d422a88
+@patch_to(Optimizer)
+def update(self, grads, # gradients, same structure as the parameters
+           **extra, # e.g. `value=` (the loss; needed by "polyak", recorded in the history)
+          ):
+    "Apply one step; return the new parameters. Gradients are checked for structure and finiteness."
+    self._check_grads(grads)
+    forwarded = {k: v for k, v in extra.items() if _accepts(self.tx.update, k)}
+    params, self.state = _jax_step(self.tx, grads, self.state, self._jax_params(), forwarded)
+    if self.inplace:
+        for target, value in zip(self.params, params): np.copyto(target, value)
+    else: self.params = params
+    self.step += 1
+    if self.record:
+        scalars = {k: float(v) for k, v in extra.items() if np.ndim(v) == 0}
+        self.history.record(step=self.step, grad_norm=_grad_norm(grads), **scalars)
+    return self.params
+
+@patch_to(Optimizer)
+def _check_grads(self, grads):
+    "Structure and finiteness of `grads`; lists of arrays take a fast path, the messages come from the core checks."
+    if self.inplace and isinstance(grads, list) and len(grads) == len(self.params) and all(
+            np.shape(g) == p.shape and np.isfinite(g).all() for g, p in zip(grads, self.params)): return
+    check_same_structure("grads", grads, self.params)
+    check_finite("grads", grads)
+
+# %% ../nbs/16_stateful.ipynb #71187945
+@patch_to(Optimizer)
+def update_layers(self, weights: list, biases: list, # the arrays given as `params` (weights then biases)
+                  weight_grads: list, bias_grads: list, # their gradients
+                 ):
+    "In-place update of an MLP's layers, `params = weights + biases` (needs `inplace=True`)."
+    held = list(weights) + list(biases)
+    if not self.inplace or len(held) != len(self.params) or any(a is not b for a, b in zip(held, self.params)):
+        raise ValueError("update_layers needs inplace=True and params=weights + biases (the same array objects)")
+    self.update(list(weight_grads) + list(bias_grads))
+
+# %% ../nbs/16_stateful.ipynb #57e6a98e
+@patch_to(Optimizer)
+def check_convergence(self) -> bool:
+    "Whether the last gradient norm (or |Δ value|, with `convergence='value_change'`) is ≤ `tolerance`."
+    rows = self.history.rows
+    if self.convergence == "grad_norm": return bool(rows) and rows[-1]["grad_norm"] <= self.tolerance
+    values = [r["value"] for r in rows[-2:] if "value" in r]
+    return len(values) == 2 and abs(values[1] - values[0]) <= self.tolerance
+
+# %% ../nbs/16_stateful.ipynb #94842657
+@patch_to(Optimizer)
+def state_dict(self, as_json: bool=False, # nested lists and numbers only, ready for `json.dumps`
+              ) -> dict:
+    "A copy of everything needed to resume: name, hyper-parameters, step, parameters and state."
+    d = {"format": self.FORMAT, "name": self.name, "inplace": self.inplace, "hyperparameters": dict(self.hyperparameters),
+         "step": self.step, "params": _copy_leaves(self.params), "state": _copy_leaves(self.state)}
+    return _to_json(d) if as_json else d
+
+@patch_to(Optimizer)
+def load_state_dict(self, d: dict, # the output of `state_dict` (either form)
+                   ):
+    "Restore a checkpoint exactly, rebuilding the optimizer it was taken from."
+    d = _from_json(d)
+    if d.get("format") != self.FORMAT: raise ValueError(f"not an opt_lab optimizer checkpoint (format {d.get('format')!r})")
+    if d["inplace"] != self.inplace: raise ValueError(f"checkpoint has inplace={d['inplace']}, this optimizer inplace={self.inplace}")
+    if d["name"] is None and self.name is not None: raise ValueError("the checkpoint is of a ready-made transform; load it into an Optimizer built from that transform")
+    if d["name"] is not None: self._configure(d["name"], d["hyperparameters"])
+    leaves, treedef = jax.tree_util.tree_flatten(self.params)
+    saved = d["params"]
+    if len(saved) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(saved, leaves)):
+        raise ValueError(f"checkpoint parameters {[np.shape(a) for a in saved]} do not match {[np.shape(b) for b in leaves]}")
+    if self.inplace:
+        for target, source in zip(self.params, saved): np.copyto(target, source)
+    else: self.params = treedef.unflatten([jnp.array(a, copy=True) for a in saved])
+    template, state_def = jax.tree_util.tree_flatten(self.tx.init(self._jax_params()))
+    if len(template) != len(d["state"]) or any(np.shape(a) != np.shape(b) for a, b in zip(template, d["state"])):
+        raise ValueError("checkpoint state does not match this optimizer's state (different transform?)")
+    self.state = state_def.unflatten([jnp.array(a, copy=True, dtype=jnp.result_type(t)) for a, t in zip(d["state"], template)])
+    self.step = int(d["step"])

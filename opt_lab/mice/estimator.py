@@ -13,7 +13,7 @@ import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
 
-from ..core import as_generator, check_in_range, check_int, check_positive, flatten_params, pd
+from ..core import as_generator, check_in_range, check_int, check_positive, flatten_params, patch_to, pd
 from .logging import Recorder
 from .norms import PlainNormEstimator, ResamplingNormEstimator, resampled_norms
 from .policy import DropRestartClipPolicy
@@ -90,264 +90,288 @@ class MICE:
         self._last_tol = math.inf
         self._last_plan = self._last_levels = None
 
-    # -- parameters in and estimates out ---------------------------------------------------------
-    def _flat(self, x) -> np.ndarray:
-        "Validate `x` and return it as a flat float64 vector; the first call fixes the structure."
-        if isinstance(x, (np.ndarray, float, int, list)) or np.isscalar(x):
-            flat, to_user = np.asarray(x, dtype=float), None
-            shape = flat.shape
-            flat = flat.ravel()
-        else:
-            vector, unflatten = flatten_params(x)
-            flat, to_user, shape = np.asarray(vector, dtype=float), unflatten, jax.tree_util.tree_structure(x)
-        if self.dim is None:
-            if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
-            self.dim, self._shape, self._to_user = flat.size, shape, to_user
-            self._stack = LevelStack(self.dim, self.re_part, self.data_size)
-        elif flat.size != self.dim or shape != self._shape:
-            raise ValueError(f"x must keep the shape of the first call ({self._shape}), got {shape}")
-        if not np.isfinite(flat).all(): raise ValueError(f"x has non-finite entries: {int((~np.isfinite(flat)).sum())} of {flat.size}")
-        return flat
 
-    def _user_x(self, flat: np.ndarray):
-        return flat.reshape(self._shape) if self._to_user is None else self._to_user(flat)
+# %% ../../nbs/28_mice_estimator.ipynb #348519e3
+@patch_to(MICE)
+def _flat(self, x) -> np.ndarray:
+    "Validate `x` and return it as a flat float64 vector; the first call fixes the structure."
+    if isinstance(x, (np.ndarray, float, int, list)) or np.isscalar(x):
+        flat, to_user = np.asarray(x, dtype=float), None
+        shape = flat.shape
+        flat = flat.ravel()
+    else:
+        vector, unflatten = flatten_params(x)
+        flat, to_user, shape = np.asarray(vector, dtype=float), unflatten, jax.tree_util.tree_structure(x)
+    if self.dim is None:
+        if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
+        self.dim, self._shape, self._to_user = flat.size, shape, to_user
+        self._stack = LevelStack(self.dim, self.re_part, self.data_size)
+    elif flat.size != self.dim or shape != self._shape:
+        raise ValueError(f"x must keep the shape of the first call ({self._shape}), got {shape}")
+    if not np.isfinite(flat).all(): raise ValueError(f"x has non-finite entries: {int((~np.isfinite(flat)).sum())} of {flat.size}")
+    return flat
 
-    def _end(self, reason: str):
-        self.terminate, self.terminate_reason = True, reason
+@patch_to(MICE)
+def _user_x(self, flat: np.ndarray):
+    return flat.reshape(self._shape) if self._to_user is None else self._to_user(flat)
 
-    # -- sampling ----------------------------------------------------------------------------------
-    def _new_level(self, x: np.ndarray, cost: int) -> int:
-        sampler = FiniteSampler(self.sampler, self.rng, self._candidates) if self.finite else self._expectation_sampler
-        return self._stack.append(x, cost, sampler)
+@patch_to(MICE)
+def _end(self, reason: str):
+    self.terminate, self.terminate_reason = True, reason
 
-    def _grads_at(self, level: int, thetas, m: int) -> np.ndarray | None:
-        g = np.asarray(self.grad(self._user_x(self._stack.x[level]), thetas), dtype=float)
-        if g.shape != (m, self.dim):
-            raise ValueError(f"grad(x, thetas) must return shape ({m}, {self.dim}) for {m} samples, got {g.shape}")
-        self.counter += m
-        # one reduction decides the common case: a NaN or inf anywhere makes the sum non-finite
-        if not math.isfinite(g.sum()) and not np.isfinite(g).all():
-            bad = int((~np.isfinite(g)).any(axis=1).sum())
-            self._end(f"nonfinite_gradient: grad returned NaN or inf for {bad} of {m} samples at level {level} "
-                      f"(iteration {self.k})")
-            return None
-        return g
+# %% ../../nbs/28_mice_estimator.ipynb #32270cb3
+@patch_to(MICE)
+def _new_level(self, x: np.ndarray, cost: int) -> int:
+    sampler = FiniteSampler(self.sampler, self.rng, self._candidates) if self.finite else self._expectation_sampler
+    return self._stack.append(x, cost, sampler)
 
-    def _sample(self, i: int, n: int):
-        "Draw `n` samples for level `i`, within the budget, and merge them into its statistics."
-        st = self._stack
-        cost = int(st.cost[i])
-        sampler = st.samplers[i]
-        if self.finite: n = min(n, sampler.remaining)
-        affordable = int((self.max_cost - self.counter) // cost) if math.isfinite(self.max_cost) else n
-        if affordable < n:
-            n = affordable
-            self._end("max_cost")
-        rows = max(1, self.max_grad_batch_elems // self.dim)
-        while n > 0:
-            m = min(n, rows)
-            thetas = sampler(m)
-            g = self._grads_at(i, thetas, m)
-            if g is None: return
-            g_prev = None if cost == 1 else self._grads_at(i - 1, thetas, m)
-            if cost == 2 and g_prev is None: return
-            st.absorb(i, g, g_prev)
-            n -= m
+@patch_to(MICE)
+def _grads_at(self, level: int, thetas, m: int) -> np.ndarray | None:
+    g = np.asarray(self.grad(self._user_x(self._stack.x[level]), thetas), dtype=float)
+    if g.shape != (m, self.dim):
+        raise ValueError(f"grad(x, thetas) must return shape ({m}, {self.dim}) for {m} samples, got {g.shape}")
+    self.counter += m
+    # one reduction decides the common case: a NaN or inf anywhere makes the sum non-finite
+    if not math.isfinite(g.sum()) and not np.isfinite(g).all():
+        bad = int((~np.isfinite(g)).any(axis=1).sum())
+        self._end(f"nonfinite_gradient: grad returned NaN or inf for {bad} of {m} samples at level {level} "
+                  f"(iteration {self.k})")
+        return None
+    return g
 
-    # -- error control -----------------------------------------------------------------------------
-    def _tolerance(self, estimate: np.ndarray) -> tuple[float, float]:
-        "The absolute tolerance `eps * norm` and the norm estimate behind it."
-        if not self.use_resampling:
-            norm = self.norm_estimator.update(estimate)
-            return self.eps * norm, norm
-        L = self._stack.size
-        n = int(self.re_tot_cost * self._last_call_cost / L)
-        n = min(max(n, self.re_min_n), self.re_max_samp, self.re_part ** min(L, 12))
-        norms = resampled_norms(estimate, self._stack.deviations(), self._picks.take(n * L).reshape(n, L))
-        norm, _ = self.norm_estimator.update_from_norms(norms)
+@patch_to(MICE)
+def _sample(self, i: int, n: int):
+    "Draw `n` samples for level `i`, within the budget, and merge them into its statistics."
+    st = self._stack
+    cost = int(st.cost[i])
+    sampler = st.samplers[i]
+    if self.finite: n = min(n, sampler.remaining)
+    affordable = int((self.max_cost - self.counter) // cost) if math.isfinite(self.max_cost) else n
+    if affordable < n:
+        n = affordable
+        self._end("max_cost")
+    rows = max(1, self.max_grad_batch_elems // self.dim)
+    while n > 0:
+        m = min(n, rows)
+        thetas = sampler(m)
+        g = self._grads_at(i, thetas, m)
+        if g is None: return
+        g_prev = None if cost == 1 else self._grads_at(i - 1, thetas, m)
+        if cost == 2 and g_prev is None: return
+        st.absorb(i, g, g_prev)
+        n -= m
+
+# %% ../../nbs/28_mice_estimator.ipynb #e15c87a3
+@patch_to(MICE)
+def _tolerance(self, estimate: np.ndarray) -> tuple[float, float]:
+    "The absolute tolerance `eps * norm` and the norm estimate behind it."
+    if not self.use_resampling:
+        norm = self.norm_estimator.update(estimate)
         return self.eps * norm, norm
+    L = self._stack.size
+    n = int(self.re_tot_cost * self._last_call_cost / L)
+    n = min(max(n, self.re_min_n), self.re_max_samp, self.re_part ** min(L, 12))
+    norms = resampled_norms(estimate, self._stack.deviations(), self._picks.take(n * L).reshape(n, L))
+    norm, _ = self.norm_estimator.update_from_norms(norms)
+    return self.eps * norm, norm
 
-    def _sizes(self, v: list, cost: list, held: list, tol: float, base_lower=None) -> list:
-        lower = [float(h) for h in held]
-        if base_lower is not None: lower[0] = max(lower[0], base_lower)
-        return _constrained_sizes(v, cost, tol * tol, self.data_size, lower)
+@patch_to(MICE)
+def _sizes(self, v: list, cost: list, held: list, tol: float, base_lower=None) -> list:
+    lower = [float(h) for h in held]
+    if base_lower is not None: lower[0] = max(lower[0], base_lower)
+    return _constrained_sizes(v, cost, tol * tol, self.data_size, lower)
 
-    def _levels(self) -> tuple[list, list, list]:
-        "Variances $V_\\ell$, costs and sizes held, per level, as lists for the scalar planning code (read-only: shared until the hierarchy changes)."
-        st = self._stack
-        means = st.means()  # a new array after every change to the stack, and kept alive by the cache
-        if self._last_levels is None or self._last_levels[0] is not means:
-            self._last_levels = means, (st.variances(0).tolist(), st.cost[:st.size].tolist(), st.n[:st.size].tolist())
-        return self._last_levels[1]
+@patch_to(MICE)
+def _levels(self) -> tuple[list, list, list]:
+    "Variances $V_\\ell$, costs and sizes held, per level, as lists for the scalar planning code (read-only: shared until the hierarchy changes)."
+    st = self._stack
+    means = st.means()  # a new array after every change to the stack, and kept alive by the cache
+    if self._last_levels is None or self._last_levels[0] is not means:
+        self._last_levels = means, (st.variances(0).tolist(), st.cost[:st.size].tolist(), st.n[:st.size].tolist())
+    return self._last_levels[1]
 
-    def _error(self) -> float:
-        v, _, held = self._levels()
-        return _error_model(v, held, self.data_size) if math.inf not in v else math.inf
+@patch_to(MICE)
+def _error(self) -> float:
+    v, _, held = self._levels()
+    return _error_model(v, held, self.data_size) if math.inf not in v else math.inf
 
-    def _should_stop(self, estimate: np.ndarray) -> bool:
-        "Markov's inequality on the squared error: $P(\\|\\nabla F\\|>\\|\\hat\\nabla F\\|+t)\\le E\\|e\\|^2/t^2$."
-        if self.stop_crit_norm <= 0: return False
-        bound = math.sqrt(float(estimate @ estimate)) + math.sqrt(self._error() / self.stop_crit_prob)
-        return bound <= self.stop_crit_norm
+@patch_to(MICE)
+def _should_stop(self, estimate: np.ndarray) -> bool:
+    "Markov's inequality on the squared error: $P(\\|\\nabla F\\|>\\|\\hat\\nabla F\\|+t)\\le E\\|e\\|^2/t^2$."
+    if self.stop_crit_norm <= 0: return False
+    bound = math.sqrt(float(estimate @ estimate)) + math.sqrt(self._error() / self.stop_crit_prob)
+    return bound <= self.stop_crit_norm
 
-    # -- Drop, Restart, Clip -------------------------------------------------------------------
-    def _try_drop(self, x: np.ndarray, tol: float, events: list):
-        "Before sampling at `x`, drop the newest level if a hierarchy without it would cost at most `1 + drop_param` times as much."
-        st, L = self._stack, self._stack.size
-        last, below = st.x[L - 1], st.x[L - 2]
-        step = last - below
-        step_sq = float(step @ step)
-        if step_sq == 0:  # the newest iterate repeats the one below it: it carries no information
-            st.remove(L - 1)
-            events.append("drop")
-            return
-        # differences of a smooth gradient grow with the step: V(x, y) ~ V_last * |x - y|^2 / |last - below|^2
-        v, cost, held = self._levels()
-        to_last, to_below = x - last, x - below
-        v_keep = v[-1] * float(to_last @ to_last) / step_sq
-        v_drop = v[-1] * float(to_below @ to_below) / step_sq
-        keep_cost = self._plan_cost(v + [v_keep], cost + [2], held + [0], tol)
-        drop_cost = self._plan_cost(v[:-1] + [v_drop], cost[:-1] + [2], held[:-1] + [0], tol)
-        if self.policy.drop(keep_cost, drop_cost):
-            st.remove(L - 1)
-            events.append("drop")
+# %% ../../nbs/28_mice_estimator.ipynb #73c34b89
+@patch_to(MICE)
+def _try_drop(self, x: np.ndarray, tol: float, events: list):
+    "Before sampling at `x`, drop the newest level if a hierarchy without it would cost at most `1 + drop_param` times as much."
+    st, L = self._stack, self._stack.size
+    last, below = st.x[L - 1], st.x[L - 2]
+    step = last - below
+    step_sq = float(step @ step)
+    if step_sq == 0:  # the newest iterate repeats the one below it: it carries no information
+        st.remove(L - 1)
+        events.append("drop")
+        return
+    # differences of a smooth gradient grow with the step: V(x, y) ~ V_last * |x - y|^2 / |last - below|^2
+    v, cost, held = self._levels()
+    to_last, to_below = x - last, x - below
+    v_keep = v[-1] * float(to_last @ to_last) / step_sq
+    v_drop = v[-1] * float(to_below @ to_below) / step_sq
+    keep_cost = self._plan_cost(v + [v_keep], cost + [2], held + [0], tol)
+    drop_cost = self._plan_cost(v[:-1] + [v_drop], cost[:-1] + [2], held[:-1] + [0], tol)
+    if self.policy.drop(keep_cost, drop_cost):
+        st.remove(L - 1)
+        events.append("drop")
 
-    def _plan_cost(self, v, cost, held, tol) -> float:
-        "What a hierarchy whose newest level is still empty would cost, its pilot included."
-        return self.policy.plan_cost(self._sizes(v, cost, held[:-1] + [self.m_pilot], tol), held, cost)
+@patch_to(MICE)
+def _plan_cost(self, v, cost, held, tol) -> float:
+    "What a hierarchy whose newest level is still empty would cost, its pilot included."
+    return self.policy.plan_cost(self._sizes(v, cost, held[:-1] + [self.m_pilot], tol), held, cost)
 
-    def _try_restart(self, tol, keep_cost, events) -> float:
-        st = self._stack
-        newest = st.size - 1
-        held = [int(st.n[newest])]
-        sizes = self._sizes([float(st.variances(1)[newest])], [1], held, tol, self.m_restart_min)
-        restart_cost = self.policy.plan_cost(sizes, held, [1])
-        if not self.policy.restart(keep_cost, restart_cost): return keep_cost
-        st.keep_from(newest)
-        events.append("restart")
-        return restart_cost
+@patch_to(MICE)
+def _try_restart(self, tol, keep_cost, events) -> float:
+    st = self._stack
+    newest = st.size - 1
+    held = [int(st.n[newest])]
+    sizes = self._sizes([float(st.variances(1)[newest])], [1], held, tol, self.m_restart_min)
+    restart_cost = self.policy.plan_cost(sizes, held, [1])
+    if not self.policy.restart(keep_cost, restart_cost): return keep_cost
+    st.keep_from(newest)
+    events.append("restart")
+    return restart_cost
 
-    def _try_clip(self, tol, keep_cost, events) -> float:
-        st = self._stack
-        v_delta, cost, held = self._levels()
-        v_grad = st.variances(1).tolist()
-        i = self.policy.clip_candidate(v_delta, v_grad, cost, held, self.data_size)
-        if i is None: return keep_cost
-        v, cost_c = [v_grad[i]] + v_delta[i + 1:], [1] + cost[i + 1:]
-        sizes = self._sizes(v, cost_c, held[i:], tol, self.m_restart_min)
-        clip_cost = self.policy.plan_cost(sizes, held[i:], cost_c)
-        if clip_cost > keep_cost: return keep_cost
-        st.keep_from(i)
-        events.append("clip")
-        return clip_cost
+@patch_to(MICE)
+def _try_clip(self, tol, keep_cost, events) -> float:
+    st = self._stack
+    v_delta, cost, held = self._levels()
+    v_grad = st.variances(1).tolist()
+    i = self.policy.clip_candidate(v_delta, v_grad, cost, held, self.data_size)
+    if i is None: return keep_cost
+    v, cost_c = [v_grad[i]] + v_delta[i + 1:], [1] + cost[i + 1:]
+    sizes = self._sizes(v, cost_c, held[i:], tol, self.m_restart_min)
+    clip_cost = self.policy.plan_cost(sizes, held[i:], cost_c)
+    if clip_cost > keep_cost: return keep_cost
+    st.keep_from(i)
+    events.append("clip")
+    return clip_cost
 
-    def _apply_policy(self, tol, events) -> bool:
-        "Restart or clip once the new level's pilot is in; whether the hierarchy changed."
-        v, cost, held, sizes = self._plan(tol)
-        before = len(events)
-        keep_cost = self.policy.plan_cost(sizes, held, cost)
-        if len(v) >= 2: keep_cost = self._try_restart(tol, keep_cost, events)
-        if self._stack.size >= 2 and self.policy.clip_due(self.k): self._try_clip(tol, keep_cost, events)
-        return len(events) > before
+@patch_to(MICE)
+def _apply_policy(self, tol, events) -> bool:
+    "Restart or clip once the new level's pilot is in; whether the hierarchy changed."
+    v, cost, held, sizes = self._plan(tol)
+    before = len(events)
+    keep_cost = self.policy.plan_cost(sizes, held, cost)
+    if len(v) >= 2: keep_cost = self._try_restart(tol, keep_cost, events)
+    if self._stack.size >= 2 and self.policy.clip_due(self.k): self._try_clip(tol, keep_cost, events)
+    return len(events) > before
 
-    def _plan(self, tol: float) -> tuple[list, list, list, list]:
-        "Variances, costs, sizes held and the cost-optimal sizes for `tol`; the last plan serves again until the hierarchy changes."
-        levels = self._levels()  # the same lists until the hierarchy changes
-        if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is levels:
-            return self._last_plan[2]
-        plan = *levels, self._sizes(*levels, tol)
-        self._last_plan = tol, levels, plan
-        return plan
+# %% ../../nbs/28_mice_estimator.ipynb #3b04d07c
+@patch_to(MICE)
+def _plan(self, tol: float) -> tuple[list, list, list, list]:
+    "Variances, costs, sizes held and the cost-optimal sizes for `tol`; the last plan serves again until the hierarchy changes."
+    levels = self._levels()  # the same lists until the hierarchy changes
+    if self._last_plan is not None and self._last_plan[0] == tol and self._last_plan[1] is levels:
+        return self._last_plan[2]
+    plan = *levels, self._sizes(*levels, tol)
+    self._last_plan = tol, levels, plan
+    return plan
 
-    def _top_ups(self, tol: float) -> list:
-        "The levels to grow as `(level, held, target)`; levels short by fewer than `min_batch` samples wait if the others can cover their error."
-        v, cost, held, sizes = self._plan(tol)
-        short = [(i, h, s) for i, (h, s) in enumerate(zip(held, sizes)) if s > h]
-        if len(short) < 2: return short
-        # a call to grad costs far more than a sample: only the levels short by min_batch or more (and the one short
-        # by most) grow, re-planned to take over the error of all the others at the sizes they hold
-        largest = max(short, key=lambda t: t[2] - t[1])[0]
-        grow = [i for i, h, s in short if s - h >= self.min_batch or i == largest]
-        if len(grow) == len(short): return short
-        growing = set(grow)
-        waiting = [i for i in range(len(v)) if i not in growing]
-        spare = tol * tol - _error_model([v[i] for i in waiting], [held[i] for i in waiting], self.data_size)
-        if spare <= 0:  # they cannot: the small top-ups are rounded up to min_batch, as mice 1.0.5 does
-            return [(i, h, s if i in growing else max(s, h + self.min_batch)) for i, h, s in short]
-        sizes = _constrained_sizes([v[i] for i in grow], [cost[i] for i in grow], spare, self.data_size,
-                                   [float(held[i]) for i in grow])
-        return [(i, held[i], s) for i, s in zip(grow, sizes) if s > held[i]]
+@patch_to(MICE)
+def _top_ups(self, tol: float) -> list:
+    "The levels to grow as `(level, held, target)`; levels short by fewer than `min_batch` samples wait if the others can cover their error."
+    v, cost, held, sizes = self._plan(tol)
+    short = [(i, h, s) for i, (h, s) in enumerate(zip(held, sizes)) if s > h]
+    if len(short) < 2: return short
+    # a call to grad costs far more than a sample: only the levels short by min_batch or more (and the one short
+    # by most) grow, re-planned to take over the error of all the others at the sizes they hold
+    largest = max(short, key=lambda t: t[2] - t[1])[0]
+    grow = [i for i, h, s in short if s - h >= self.min_batch or i == largest]
+    if len(grow) == len(short): return short
+    growing = set(grow)
+    waiting = [i for i in range(len(v)) if i not in growing]
+    spare = tol * tol - _error_model([v[i] for i in waiting], [held[i] for i in waiting], self.data_size)
+    if spare <= 0:  # they cannot: the small top-ups are rounded up to min_batch, as mice 1.0.5 does
+        return [(i, h, s if i in growing else max(s, h + self.min_batch)) for i, h, s in short]
+    sizes = _constrained_sizes([v[i] for i in grow], [cost[i] for i in grow], spare, self.data_size,
+                               [float(held[i]) for i in grow])
+    return [(i, held[i], s) for i, s in zip(grow, sizes) if s > held[i]]
 
-    # -- one call --------------------------------------------------------------------------------
-    def evaluate(self, x, # the current iterate: an array or a pytree of arrays
-                ): # the gradient estimate, in the structure of `x`
-        "Add `x` to the hierarchy, sample until the error tolerance holds at least cost, and return the estimate."
-        if self.terminate:
-            raise RuntimeError(f"this MICE run has ended ({self.terminate_reason}); check `terminate` before calling, "
-                               "or build a new estimator")
-        flat = self._flat(x)
-        st, start = self._stack, self.counter
-        events = ["start" if st.size == 0 else "add"]
-        if st.size == 0 or st.size + 1 > self.policy.max_hierarchy_size:
-            if st.size: events.append("restart")
-            st.keep_from(st.size)
-            self._sample(self._new_level(flat, 1), self.m_restart_min)
-        else:
-            if st.size >= 2: self._try_drop(flat, self._last_tol, events)
-            self._sample(self._new_level(flat, 2), self.m_pilot)
-        tol = norm = math.nan
-        if not self.terminate and st.all_zero():
-            self._end("zero_gradient: every sampled gradient is exactly zero")
-        planned = False
-        while not self.terminate:
-            estimate = st.estimate()
-            tol, norm = self._tolerance(estimate)
-            if self._should_stop(estimate):
-                self._end("stop_crit")
-                break
-            if not planned:
-                planned = True
-                if self._apply_policy(tol, events): continue  # a restart or clip changed the estimate: re-estimate
-            short = self._top_ups(tol)
-            if not short: break
-            for i, h, s in short:
-                need = math.ceil(s) - h if s < math.inf else math.inf
-                self._sample(i, int(min(need, max(3 * h, self.min_batch))))  # at most fourfold, then re-estimate
-                if self.terminate: break
-        self._last_call_cost = max(self.counter - start, 1)
-        if math.isfinite(tol): self._last_tol = tol
-        estimate = st.estimate() if st.size else np.zeros(self.dim)
-        if self.terminate:
-            events.append("end")
-            if st.size and st.n[st.size - 1] == 0: st.remove(st.size - 1)
-            sampled_at_x = st.size > 0 and np.array_equal(st.x[st.size - 1], flat)
-            if self.terminate_reason.startswith("nonfinite") or not sampled_at_x:
-                estimate = np.zeros(self.dim)  # no trustworthy estimate at x: do not move
-        self._log(events, estimate, tol, norm)
-        self.k += 1
-        return self._user_x(estimate)
+# %% ../../nbs/28_mice_estimator.ipynb #87668fd6
+@patch_to(MICE)
+def evaluate(self, x, # the current iterate: an array or a pytree of arrays
+            ): # the gradient estimate, in the structure of `x`
+    "Add `x` to the hierarchy, sample until the error tolerance holds at least cost, and return the estimate."
+    if self.terminate:
+        raise RuntimeError(f"this MICE run has ended ({self.terminate_reason}); check `terminate` before calling, "
+                           "or build a new estimator")
+    flat = self._flat(x)
+    st, start = self._stack, self.counter
+    events = ["start" if st.size == 0 else "add"]
+    if st.size == 0 or st.size + 1 > self.policy.max_hierarchy_size:
+        if st.size: events.append("restart")
+        st.keep_from(st.size)
+        self._sample(self._new_level(flat, 1), self.m_restart_min)
+    else:
+        if st.size >= 2: self._try_drop(flat, self._last_tol, events)
+        self._sample(self._new_level(flat, 2), self.m_pilot)
+    tol = norm = math.nan
+    if not self.terminate and st.all_zero():
+        self._end("zero_gradient: every sampled gradient is exactly zero")
+    planned = False
+    while not self.terminate:
+        estimate = st.estimate()
+        tol, norm = self._tolerance(estimate)
+        if self._should_stop(estimate):
+            self._end("stop_crit")
+            break
+        if not planned:
+            planned = True
+            if self._apply_policy(tol, events): continue  # a restart or clip changed the estimate: re-estimate
+        short = self._top_ups(tol)
+        if not short: break
+        for i, h, s in short:
+            need = math.ceil(s) - h if s < math.inf else math.inf
+            self._sample(i, int(min(need, max(3 * h, self.min_batch))))  # at most fourfold, then re-estimate
+            if self.terminate: break
+    self._last_call_cost = max(self.counter - start, 1)
+    if math.isfinite(tol): self._last_tol = tol
+    estimate = st.estimate() if st.size else np.zeros(self.dim)
+    if self.terminate:
+        events.append("end")
+        if st.size and st.n[st.size - 1] == 0: st.remove(st.size - 1)
+        sampled_at_x = st.size > 0 and np.array_equal(st.x[st.size - 1], flat)
+        if self.terminate_reason.startswith("nonfinite") or not sampled_at_x:
+            estimate = np.zeros(self.dim)  # no trustworthy estimate at x: do not move
+    self._log(events, estimate, tol, norm)
+    self.k += 1
+    return self._user_x(estimate)
 
-    __call__ = evaluate
+MICE.__call__ = MICE.evaluate  # `est(x)` is `est.evaluate(x)`
 
-    def _log(self, events, estimate, tol, norm):
-        st = self._stack
-        L = st.size
-        v = self._levels()[0][-1] if L else math.nan
-        row = dict(iteration=self.k, num_grads=self.counter, hier_length=L, grad_norm=float(np.sqrt(estimate @ estimate)),
-                   norm_estimate=norm, err_tol=tol, err_estimate=math.sqrt(self._error()) if L else math.nan,
-                   last_v=v, terminate_reason=self.terminate_reason)
-        for e in events: self.recorder.add(event=e, **row)
+# %% ../../nbs/28_mice_estimator.ipynb #b5ec47df
+@patch_to(MICE)
+def _log(self, events, estimate, tol, norm):
+    st = self._stack
+    L = st.size
+    v = self._levels()[0][-1] if L else math.nan
+    row = dict(iteration=self.k, num_grads=self.counter, hier_length=L, grad_norm=float(np.sqrt(estimate @ estimate)),
+               norm_estimate=norm, err_tol=tol, err_estimate=math.sqrt(self._error()) if L else math.nan,
+               last_v=v, terminate_reason=self.terminate_reason)
+    for e in events: self.recorder.add(event=e, **row)
 
-    # -- inspection ----------------------------------------------------------------------------
-    @property
-    def levels(self) -> tuple:
-        "The current index set, oldest level first, as read-only `LevelState` snapshots."
-        st = self._stack
-        return () if st is None else tuple(st.level(i) for i in range(st.size))
+@patch_to(MICE)
+@property
+def levels(self) -> tuple:
+    "The current index set, oldest level first, as read-only `LevelState` snapshots."
+    st = self._stack
+    return () if st is None else tuple(st.level(i) for i in range(st.size))
 
-    def get_log(self) -> pd.DataFrame:
-        "The event log as a DataFrame (one row per event), ready for `plot_mice`."
-        return self.recorder.to_frame()
+@patch_to(MICE)
+def get_log(self) -> pd.DataFrame:
+    "The event log as a DataFrame (one row per event), ready for `plot_mice`."
+    return self.recorder.to_frame()
 
 # %% ../../nbs/28_mice_estimator.ipynb #c47b86bf
 @partial(jax.jit, static_argnums=0)
