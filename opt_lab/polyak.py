@@ -83,7 +83,7 @@ def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
               ) -> GradientTransformation:
     "SGD with the stochastic Polyak step (Loizou et al. 2021); `update` needs `value=`, the loss at `params`."
     # the buffer is kept at β = 0 too: v ← 0·v − γg compiles to the same rounding as the solver's update
-    stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant), trace(check_in_range("momentum", momentum, 0, 1, closed="left"))]
+    stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant), trace(momentum)]
     return guard_nonfinite(chain(*stages), nonfinite)
 
 # %% ../nbs/15_polyak.ipynb #7f2e945e

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core import check_in_range, check_positive
+from .core import check_positive
 from .transform import GradientTransformation, chain, guard_nonfinite, scale, scale_by_schedule, trace
 
 # %% auto #0
@@ -29,8 +29,7 @@ def momentum_stages(learning_rate, # α or a schedule
                     lr_in_momentum: bool, # α inside the buffer
                     sign: float, # -1 for descent, +1 for ascent
                    ) -> list[GradientTransformation]:
-    "The stages that turn a direction into a (momentum) step: shared by `sgd` and `rmsprop`."
-    check_in_range("momentum", momentum, 0, 1, closed="left")
+    "The stages that turn a direction into a (momentum) step: shared by `sgd` and `rmsprop` (`trace` checks β)."
     if nesterov and _is_zero(momentum): raise ValueError("nesterov=True needs momentum > 0, got momentum=0.0")
     if _is_zero(momentum): return [scale_by_schedule(learning_rate, sign)]
     if lr_in_momentum: return [scale_by_schedule(learning_rate, 1.0), trace(momentum, nesterov), scale(sign)]
