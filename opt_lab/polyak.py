@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .core import as_generator, check_in_range, check_int, check_positive
+from .core import check_in_range, check_int, check_positive, patch_to
 from .transform import GradientTransformation, chain, guard_nonfinite, trace
 
 # %% auto #0
@@ -46,10 +46,10 @@ def polyak_stepsize(value, # f_i(x)
 # %% ../nbs/15_polyak.ipynb #ccf72cf1
 def _sqnorm(tree): return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))
 
-def _polyak_velocity(velocity, grads, value, max_stepsize, delta, fun_min, momentum, variant, dtype):
-    "The Polyak step from the loss and gradient, and the velocity $v \\leftarrow \\beta v - \\gamma g$ (the `PolyakSGD` solver's form)."
+def _polyak_direction(grads, value, max_stepsize, delta, fun_min, variant, dtype):
+    "The stochastic Polyak step γ from the loss and gradient, and the updates $-\\gamma g$."
     step = polyak_stepsize(value, _sqnorm(grads), max_stepsize, delta, fun_min, variant).astype(dtype)
-    return jax.tree_util.tree_map(lambda v, g: momentum * v - step * g, velocity, grads), step
+    return jax.tree_util.tree_map(lambda g: -step * g, grads), step
 
 def _check_variant(variant):
     if variant not in ("SPS_max", "SPS+"): raise ValueError(f"variant must be 'SPS_max' or 'SPS+', got {variant!r}")
@@ -69,8 +69,8 @@ def scale_by_polyak(max_stepsize: float=1.0, # γ_b, the cap on the step size (>
 
     def update(grads, state, params=None, *, value=None, **extra):
         if value is None: raise ValueError("polyak_sgd's update needs value=, the loss at the current parameters")
-        step = polyak_stepsize(value, _sqnorm(grads), max_stepsize, delta, fun_min, variant).astype(state.stepsize.dtype)
-        return jax.tree_util.tree_map(lambda g: -step * g, grads), ScaleByPolyakState(state.count + 1, step)
+        updates, step = _polyak_direction(grads, value, max_stepsize, delta, fun_min, variant, state.stepsize.dtype)
+        return updates, ScaleByPolyakState(state.count + 1, step)
     return GradientTransformation(init, update)
 
 def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
@@ -118,8 +118,9 @@ def _tree_norm(tree): return jnp.sqrt(_sqnorm(tree))
 
 def _step(params, state, value, grad, hyper, variant):
     "One Polyak step from `params`, given the loss and gradient there: new params and the new velocity and step size."
-    velocity, step = _polyak_velocity(state.velocity, grad, value, hyper["max_stepsize"], hyper["delta"], hyper["fun_min"],
-                                      hyper["momentum"], variant, state.stepsize.dtype)
+    updates, step = _polyak_direction(grad, value, hyper["max_stepsize"], hyper["delta"], hyper["fun_min"], variant,
+                                      state.stepsize.dtype)
+    velocity = jax.tree_util.tree_map(lambda v, u: hyper["momentum"] * v + u, state.velocity, updates)  # as `trace` does
     params = jax.tree_util.tree_map(lambda p, v: (p + v).astype(p.dtype), params, velocity)
     return params, velocity, step
 
@@ -161,7 +162,7 @@ def _step_jit(variant, params, state, grad, hyper):
     params, velocity, step = _step(params, state, state.value, grad, hyper, variant)
     return params, state._replace(iter_num=state.iter_num + 1, velocity=velocity, stepsize=step)
 
-# %% ../nbs/15_polyak.ipynb #501ff16a
+# %% ../nbs/15_polyak.ipynb #a6d914e3
 class PolyakSGD:
     "SGD with the stochastic Polyak step, as a solver (API of `jaxopt.PolyakSGD`; Loizou et al. 2021)."
     def __init__(self,
@@ -216,28 +217,35 @@ class PolyakSGD:
                               jax.tree_util.tree_map(jnp.zeros_like, init_params), aux,
                               jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
 
-    def update(self, params, state: PolyakSGDState, *args, **kwargs):
-        "One step from `params`; `state.error` is the gradient norm where the step started. Returns `(params, state)`."
-        return _update_jit(self._vg, self.pre_update, self.variant, params, state, self._hyper(), args, kwargs)
+# %% ../nbs/15_polyak.ipynb #31bffbdd
+@patch_to(PolyakSGD)
+def update(self, params, state: PolyakSGDState, *args, **kwargs):
+    "One step from `params`; `state.error` is the gradient norm where the step started. Returns `(params, state)`."
+    return _update_jit(self._vg, self.pre_update, self.variant, params, state, self._hyper(), args, kwargs)
 
-    def run(self, init_params, *args, **kwargs):
-        "Steps until the gradient norm at the current parameters is ≤ `tol`, or `maxiter` steps. Returns `(params, state)`."
-        state = self.init_state(init_params, *args, **kwargs)
-        return _run_jit(self._vg, self.pre_update, self.variant, init_params, state, self._hyper(), args, kwargs)
+@patch_to(PolyakSGD)
+def run(self, init_params, *args, **kwargs):
+    "Steps until the gradient norm at the current parameters is ≤ `tol`, or `maxiter` steps. Returns `(params, state)`."
+    state = self.init_state(init_params, *args, **kwargs)
+    return _run_jit(self._vg, self.pre_update, self.variant, init_params, state, self._hyper(), args, kwargs)
 
-    def run_iterator(self, init_params, iterator: Iterable, *args, **kwargs):
-        "One step per batch of `iterator` (passed as `data=`) until the batch gradient norm is ≤ `tol` or `maxiter` steps."
-        hyper, params, state = self._hyper(), init_params, None
-        for data in iterator:
-            if state is None: state = self.init_state(init_params, *args, data=data, **kwargs)
-            params, state, grad = _evaluate_jit(self._vg, self.pre_update, params, state, args, dict(kwargs, data=data))
-            if self.verbose and int(state.iter_num) % self.verbose == 0:
-                print(f"iter {int(state.iter_num)}: value {float(state.value):.6g}, error {float(state.error):.3g}, stepsize {float(state.stepsize):.3g}")
-            if float(state.error) <= self.tol or int(state.iter_num) >= self.maxiter: break
-            params, state = _step_jit(self.variant, params, state, grad, hyper)
-        if state is None: raise ValueError("run_iterator: the iterator gave no batch")
-        return params, state
+# %% ../nbs/15_polyak.ipynb #adfa0a75
+@patch_to(PolyakSGD)
+def run_iterator(self, init_params, iterator: Iterable, *args, **kwargs):
+    "One step per batch of `iterator` (passed as `data=`) until the batch gradient norm is ≤ `tol` or `maxiter` steps."
+    hyper, params, state = self._hyper(), init_params, None
+    for data in iterator:
+        if state is None: state = self.init_state(init_params, *args, data=data, **kwargs)
+        params, state, grad = _evaluate_jit(self._vg, self.pre_update, params, state, args, dict(kwargs, data=data))
+        if self.verbose and int(state.iter_num) % self.verbose == 0:
+            print(f"iter {int(state.iter_num)}: value {float(state.value):.6g}, error {float(state.error):.3g}, stepsize {float(state.stepsize):.3g}")
+        if float(state.error) <= self.tol or int(state.iter_num) >= self.maxiter: break
+        params, state = _step_jit(self.variant, params, state, grad, hyper)
+    if state is None: raise ValueError("run_iterator: the iterator gave no batch")
+    return params, state
 
-    def l2_optimality_error(self, params, *args, **kwargs) -> jax.Array:
-        "‖∇fun(params)‖, the optimality error (one gradient evaluation)."
-        return _tree_norm(self._vg(params, *args, **kwargs)[1])
+# %% ../nbs/15_polyak.ipynb #54f89a5c
+@patch_to(PolyakSGD)
+def l2_optimality_error(self, params, *args, **kwargs) -> jax.Array:
+    "‖∇fun(params)‖, the optimality error (one gradient evaluation)."
+    return _tree_norm(self._vg(params, *args, **kwargs)[1])

@@ -156,3 +156,25 @@ def test_every_notebook_exports_at_most_its_own_module():
         for cell in cells:
             first = "".join(cell["source"]).split("\n", 1)[0]
             assert not re.match(r"#\|\s*export\s+\S", first), f"{nb.name} exports to a second module: {first}"
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb")))
+def test_no_show_doc_that_nbdev_inserts_anyway(notebook):
+    "nbdev documents every public exported definition (a `patch_to` method as `Class.method`): no explicit second copy."
+    from collections import Counter
+    from nbdev.process import NBProcessor
+    from nbdev.processors import add_show_docs
+    proc = NBProcessor(ROOT / "nbs" / notebook, procs=[add_show_docs])
+    proc.process()
+    shown = Counter(m.group(1) for cell in proc.nb.cells if cell.cell_type == "code"
+                    for m in re.finditer(r"^show_doc\(([\w.]+)", cell.source, re.M))
+    assert not [name for name, count in shown.items() if count > 1], f"{notebook}: documented twice: {shown}"
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb")))
+def test_code_cells_stay_short(notebook):
+    "The book teaches in pieces: a long definition is split across cells (`patch_to`), each with its prose and example."
+    cells = json.loads((ROOT / "nbs" / notebook).read_text())["cells"]
+    long = [(i, len("".join(c["source"]).splitlines())) for i, c in enumerate(cells)
+            if c["cell_type"] == "code" and len("".join(c["source"]).splitlines()) > 65]
+    assert not long, f"{notebook}: code cells (index, lines) over 65 lines: {long}"

@@ -120,8 +120,10 @@ def family_explorer(datasets: dict | None=None, # name -> observations; `family_
 
 # %% ../../nbs/51_em_family_tutorial.ipynb #12ad146c
 def _timed(fit):
+    "Seconds for `fit()`, its fitted model computed (JAX returns before the arrays are ready), and the result."
     start = time.perf_counter()
     result = fit()
+    jax.block_until_ready(result.model)
     return time.perf_counter() - start, result
 
 def bench_gh_rows(repeats: int=3) -> list:
@@ -145,12 +147,6 @@ def bench_gh_rows(repeats: int=3) -> list:
     return rows
 
 # %% ../../nbs/51_em_family_tutorial.ipynb #e7db6fe2
-def _timed_fit(fitter, init, X, key):
-    start = time.perf_counter()
-    res = fitter.fit(init, X, key=key)
-    jax.block_until_ready(res.model)
-    return time.perf_counter() - start, res
-
 def _bench_log_kv(points: int=100_000):
     "Warm time of `log_kv` on random orders in [-100, 100] and arguments in [1e-8, 1e4], beside scipy's `kve`."
     rng = np.random.default_rng(0)
@@ -173,8 +169,8 @@ def bench_em(repeats: int=5, # warm fits per rule (the median is reported)
     rows = []
     for name, rule in tutorial_rules(init).items():
         fitter = IncrementalEMFitter(batch_size=512, max_steps=60, eta_update=rule)
-        first, res = _timed_fit(fitter, init, X, 0)
-        warm = float(np.median([_timed_fit(fitter, init, X, k)[0] for k in range(repeats)]))
+        first, res = _timed(lambda: fitter.fit(init, X, key=0))
+        warm = float(np.median([_timed(lambda: fitter.fit(init, X, key=k))[0] for k in range(repeats)]))
         rows.append(dict(workload="tutorial, 60 x 512", rule=name, first_call_s=first, warm_ms=warm * 1e3,
                          speedup_vs_normix=2.7 / warm, final_ll=res.final_log_likelihood, gap=res.final_log_likelihood - target))
     true = NormalInverseGaussian.from_classical(mu=np.zeros(10), gamma=np.linspace(-0.3, 0.3, 10), sigma=np.eye(10) + 0.2,
@@ -182,8 +178,8 @@ def bench_em(repeats: int=5, # warm fits per rule (the median is reported)
     big = true.rvs(200_000, seed=1)
     fitter = IncrementalEMFitter(batch_size=4096, max_steps=300, eta_update=EWMAUpdate(w=0.1))
     big_init = NormalInverseGaussian.default_init(big)
-    first, res = _timed_fit(fitter, big_init, big, 0)
-    warm = float(np.median([_timed_fit(fitter, big_init, big, k)[0] for k in range(max(1, repeats // 2))]))
+    first, res = _timed(lambda: fitter.fit(big_init, big, key=0))
+    warm = float(np.median([_timed(lambda: fitter.fit(big_init, big, key=k))[0] for k in range(max(1, repeats // 2))]))
     rows.append(dict(workload="d=10, n=200k, 300 x 4096", rule="EWMA(0.1)", first_call_s=first, warm_ms=warm * 1e3,
                      speedup_vs_normix=27.0 / warm, final_ll=res.final_log_likelihood,
                      gap=res.final_log_likelihood - float(true.marginal_log_likelihood(big))))

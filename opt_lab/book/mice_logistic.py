@@ -133,24 +133,22 @@ def _best_time(run, repeats=3):
         times.append(time.perf_counter() - start)
     return min(times)
 
-def bench_mice(repeats: int=5, # seeds per study
-               **_): # the CLI's other options do not apply
-    "Side-by-side figures for opt_lab's MICE and mice 1.0.5 (if installed); see the chapter for what each row means."
-    from opt_lab.book.mice_quadratic import evaluations_to, random_quadratic, rms_error, run_mice
-    try:
-        import mice as reference
-    except ImportError:
-        reference = None
-    quad = random_quadratic()
+# %% ../../nbs/30_mice_logistic.ipynb #3e359ff8
+def _mice_makers(reference):
+    "Estimator factories with one signature, `(grad, sampler, seed=..., **options)`: opt_lab's and, if installed, mice 1.0.5's."
     def ours(grad, sampler, **kw): return MICE(grad, sampler, **kw)
     def theirs(grad, sampler, seed=None, **kw):
         rng = np.random.default_rng(seed)
         est = reference.MICE(grad, lambda n: sampler(n, rng), **kw)
         est.rng = np.random.default_rng(seed)
         return est
-    impls = {"opt_lab": ours} | ({"mice 1.0.5": theirs} if reference else {})
-    rows = []
-    for name, make in impls.items():
+    return {"opt_lab": ours} | ({"mice 1.0.5": theirs} if reference else {})
+
+def _quadratic_rows(reference, repeats):
+    "Evaluations to each gap, RMS error and bookkeeping per call on the quadratic chapter's problem."
+    from opt_lab.book.mice_quadratic import evaluations_to, random_quadratic, rms_error, run_mice
+    quad, rows = random_quadratic(), []
+    for name, make in _mice_makers(reference).items():
         logs = [run_mice(make(quad["grad"], quad["sampler"], max_cost=60_000, seed=s), quad) for s in range(repeats)]
         counts = np.nanmedian([evaluations_to(log) for log in logs], axis=0)
         for gap, n in zip(("1e-2", "1e-4", "1e-6", "1e-8"), counts):
@@ -163,10 +161,15 @@ def bench_mice(repeats: int=5, # seeds per study
                                                  quad["x0"], quad["L"])
             rows.append((f"quadratic: bookkeeping ms per call, drop_param {drop} (levels: mean {mean_levels:.1f}, "
                          f"most {most})", name, ms))
-    rows += [("quadratic: evaluations to gap 1e-2 / 1e-4 / 1e-6 / 1e-8 (issue's mice 1.0.5)", "reference",
-              "2780 / 10160 / 17600 / 35856")]
-    logistic = logistic_problem()
-    _prepare(logistic)
+    rows.append(("quadratic: evaluations to gap 1e-2 / 1e-4 / 1e-6 / 1e-8 (issue's mice 1.0.5)", "reference",
+                 "2780 / 10160 / 17600 / 35856"))
+    return rows
+
+# %% ../../nbs/30_mice_logistic.ipynb #af1f008c
+def _logistic_rows(reference, logistic, repeats):
+    "Seeds reaching gap 1e-6, RMS error and bookkeeping per call on this chapter's problem."
+    from opt_lab.book.mice_quadratic import rms_error, run_mice
+    rows = []
     def reference_logistic(grad, seed):
         est = reference.MICE(grad, logistic["data"], eps=0.577, min_batch=5, restart_factor=100, convex=True,
                              policy=reference.policy.DropRestartClipPolicy(drop_param=0.5, restart_param=10,
@@ -183,6 +186,11 @@ def bench_mice(repeats: int=5, # seeds per study
         rows.append(("logistic: RMS relative error (eps 0.577)", name, float(np.median([rms_error(l) for l in logs]))))
         ms, mean_levels, most = _bookkeeping(lambda g: make(g, 0), logistic["grad"], logistic["x0"], logistic["L"], calls=150)
         rows.append((f"logistic: bookkeeping ms per call, 150 calls (levels: mean {mean_levels:.1f}, most {most})", name, ms))
+    return rows
+
+# %% ../../nbs/30_mice_logistic.ipynb #135a8f53
+def _wall_time_row(logistic):
+    "Wall time of SGD-MICE to gap 1e-3 over SVRG's to the same gap."
     # SGD-MICE is seeded, so a first run finds how many steps reach the gap and a second one is timed without
     # evaluating F at every step, as SVRG is timed for the epochs it needs
     est, w, steps = logistic_mice(logistic, seed=0), logistic["x0"].copy(), 0
@@ -194,5 +202,16 @@ def bench_mice(repeats: int=5, # seeds per study
     trace = svrg(logistic)
     svrg_epochs = int(np.ceil(trace.num_grads[trace.gap <= 1e-3].min() / logistic["N"]))
     mice_time, svrg_time = _best_time(sgd_mice), _best_time(lambda: svrg(logistic, epochs=svrg_epochs))
-    rows.append((f"logistic: wall time to gap 1e-3, SGD-MICE / SVRG ({svrg_epochs} epochs)", "opt_lab", mice_time / svrg_time))
+    return (f"logistic: wall time to gap 1e-3, SGD-MICE / SVRG ({svrg_epochs} epochs)", "opt_lab", mice_time / svrg_time)
+
+def bench_mice(repeats: int=5, # seeds per study
+               **_): # the CLI's other options do not apply
+    "Side-by-side figures for opt_lab's MICE and mice 1.0.5 (if installed); see the chapter for what each row means."
+    try:
+        import mice as reference
+    except ImportError:
+        reference = None
+    logistic = logistic_problem()
+    _prepare(logistic)
+    rows = _quadratic_rows(reference, repeats) + _logistic_rows(reference, logistic, repeats) + [_wall_time_row(logistic)]
     return pd.DataFrame(rows, columns=["figure", "implementation", "value"])

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import as_key, check_int
+from ..core import as_key, check_int, patch_to
 
 # %% auto #0
 __all__ = ['FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step',
@@ -166,7 +166,7 @@ def normal_mixture_draws(mu, gamma, sigma, # the normal part
     z = jax.random.normal(key, (w.shape[0], mu.shape[0])) @ jnp.linalg.cholesky(sigma).T
     return mu + w[:, None] * gamma + jnp.sqrt(w)[:, None] * z
 
-# %% ../../nbs/41_em_expfam.ipynb #53c1eb1f
+# %% ../../nbs/41_em_expfam.ipynb #12e4641e
 class NormalMixture:
     "Methods shared by normal variance-mean mixtures; a family is a `NamedTuple` of $(\\mu,\\gamma,\\Sigma,\\dots)$ plus this."
     __slots__ = ()
@@ -199,63 +199,76 @@ class NormalMixture:
         "The dimension $d$."
         return self.mu.shape[0]
 
-    def mixing_moments(self) -> tuple[jax.Array, jax.Array]:
-        "$(E[1/W],E[W])$ of the mixing law."
-        w, inv_w, _ = self.mixing_expectations()
-        return inv_w, w
+# %% ../../nbs/41_em_expfam.ipynb #86028380
+@patch_to(NormalMixture)
+def mixing_moments(self) -> tuple[jax.Array, jax.Array]:
+    "$(E[1/W],E[W])$ of the mixing law."
+    w, inv_w, _ = self.mixing_expectations()
+    return inv_w, w
 
-    def rvs(self, n: int, seed=None) -> jax.Array:
-        "`n` draws, shape `(n, d)`; `seed` is an int or a JAX key."
-        return type(self).rvs_fn(self, check_int("n", n, minimum=1), as_key(seed))
+@patch_to(NormalMixture)
+def rvs(self, n: int, seed=None) -> jax.Array:
+    "`n` draws, shape `(n, d)`; `seed` is an int or a JAX key."
+    return type(self).rvs_fn(self, check_int("n", n, minimum=1), as_key(seed))
 
-    def log_prob(self, X) -> jax.Array:
-        "Log-density per row of `X` (a single point may be passed as a vector)."
-        require_float64(f"{type(self).__name__}.log_prob")
-        X = jnp.asarray(X, dtype=jnp.float64)
-        single = X.ndim == 1
-        out = type(self).log_prob_fn(self, as_data(X[None] if single else X, self.dim))
-        return out[0] if single else out
+@patch_to(NormalMixture)
+def log_prob(self, X) -> jax.Array:
+    "Log-density per row of `X` (a single point may be passed as a vector)."
+    require_float64(f"{type(self).__name__}.log_prob")
+    X = jnp.asarray(X, dtype=jnp.float64)
+    single = X.ndim == 1
+    out = type(self).log_prob_fn(self, as_data(X[None] if single else X, self.dim))
+    return out[0] if single else out
 
-    def marginal_log_likelihood(self, X) -> jax.Array:
-        "Mean log-density over the rows of `X` (nats per observation)."
-        return type(self).log_prob_fn(self, as_data(X, self.dim)).mean()
+@patch_to(NormalMixture)
+def marginal_log_likelihood(self, X) -> jax.Array:
+    "Mean log-density over the rows of `X` (nats per observation)."
+    return type(self).log_prob_fn(self, as_data(X, self.dim)).mean()
 
-    @property
-    def mean(self) -> jax.Array:
-        "$E[X]=\\mu+E[W]\\gamma$ ($\\pm\\infty$ where it does not exist)."
-        w = self.mixing_expectations()[0]
-        return self.mu + jnp.where(self.gamma == 0, 0.0, w * self.gamma)
+# %% ../../nbs/41_em_expfam.ipynb #26b41628
+@patch_to(NormalMixture)
+@property
+def mean(self) -> jax.Array:
+    "$E[X]=\\mu+E[W]\\gamma$ ($\\pm\\infty$ where it does not exist)."
+    w = self.mixing_expectations()[0]
+    return self.mu + jnp.where(self.gamma == 0, 0.0, w * self.gamma)
 
-    @property
-    def cov(self) -> jax.Array:
-        "$\\mathrm{Cov}(X)=E[W]\\Sigma+\\mathrm{Var}(W)\\gamma\\gamma^\\top$ ($\\infty$ where it does not exist)."
-        w, outer = self.mixing_expectations()[0], jnp.outer(self.gamma, self.gamma)
-        return jnp.where(self.sigma == 0, 0.0, w * self.sigma) + jnp.where(outer == 0, 0.0, self.mixing_variance() * outer)
+@patch_to(NormalMixture)
+@property
+def cov(self) -> jax.Array:
+    "$\\mathrm{Cov}(X)=E[W]\\Sigma+\\mathrm{Var}(W)\\gamma\\gamma^\\top$ ($\\infty$ where it does not exist)."
+    w, outer = self.mixing_expectations()[0], jnp.outer(self.gamma, self.gamma)
+    return jnp.where(self.sigma == 0, 0.0, w * self.sigma) + jnp.where(outer == 0, 0.0, self.mixing_variance() * outer)
 
-    def expectation_params(self, sigma=None) -> MixtureEta:
-        "The model's own η (with `sigma` in place of its dispersion, if given)."
-        w, inv_w, log_w = self.mixing_expectations()
-        return normal_eta(self.mu, self.gamma, self.sigma if sigma is None else sigma, inv_w, w, log_w)
+# %% ../../nbs/41_em_expfam.ipynb #111743ff
+@patch_to(NormalMixture)
+def expectation_params(self, sigma=None) -> MixtureEta:
+    "The model's own η (with `sigma` in place of its dispersion, if given)."
+    w, inv_w, log_w = self.mixing_expectations()
+    return normal_eta(self.mu, self.gamma, self.sigma if sigma is None else sigma, inv_w, w, log_w)
 
-    def e_step(self, X) -> MixtureEta:
-        "Average over the rows of `X` of the posterior expectations of the joint statistics."
-        return type(self).e_step_fn(self, as_data(X, self.dim))
+@patch_to(NormalMixture)
+def e_step(self, X) -> MixtureEta:
+    "Average over the rows of `X` of the posterior expectations of the joint statistics."
+    return type(self).e_step_fn(self, as_data(X, self.dim))
 
-    def m_step(self, eta: MixtureEta):
-        "The model whose expectation parameters are `eta` (this model warm-starts an iterative mixing fit); raises if there is none."
-        if self.needs_log_w and eta.log_w is None: raise ValueError(f"{type(self).__name__} needs E[log W] in eta (eta.log_w is None)")
-        new = type(self).m_step_fn(eta, self)
-        if not bool(new.is_admissible()):
-            moments = ", ".join(f"{k}={float(v):.6g}" for k, v in (("E[W]", eta.w), ("E[1/W]", eta.inv_w), ("E[log W]", eta.log_w)) if v is not None)
-            raise ValueError(f"eta is not the expectation of any {type(self).__name__}: {moments} (need E[W]E[1/W] > 1 and "
-                             "-log E[1/W] < E[log W] < log E[W]) or the dispersion is not positive definite")
-        return new
+@patch_to(NormalMixture)
+def m_step(self, eta: MixtureEta):
+    "The model whose expectation parameters are `eta` (this model warm-starts an iterative mixing fit); raises if there is none."
+    if self.needs_log_w and eta.log_w is None: raise ValueError(f"{type(self).__name__} needs E[log W] in eta (eta.log_w is None)")
+    new = type(self).m_step_fn(eta, self)
+    if not bool(new.is_admissible()):
+        moments = ", ".join(f"{k}={float(v):.6g}" for k, v in (("E[W]", eta.w), ("E[1/W]", eta.inv_w), ("E[log W]", eta.log_w)) if v is not None)
+        raise ValueError(f"eta is not the expectation of any {type(self).__name__}: {moments} (need E[W]E[1/W] > 1 and "
+                         "-log E[1/W] < E[log W] < log E[W]) or the dispersion is not positive definite")
+    return new
 
-    def is_admissible(self) -> jax.Array:
-        "Whether the parameters describe a distribution: finite, positive where required, positive definite sigma."
-        finite = jnp.all(jnp.array([jnp.isfinite(leaf).all() for leaf in self]))
-        positive = jnp.all(jnp.array([getattr(self, f) > 0 for f in self.positive_fields]))
-        return finite & positive & jnp.isfinite(jnp.linalg.cholesky(self.sigma)).all()
+@patch_to(NormalMixture)
+def is_admissible(self) -> jax.Array:
+    "Whether the parameters describe a distribution: finite, positive where required, positive definite sigma."
+    finite = jnp.all(jnp.array([jnp.isfinite(leaf).all() for leaf in self]))
+    positive = jnp.all(jnp.array([getattr(self, f) > 0 for f in self.positive_fields]))
+    return finite & positive & jnp.isfinite(jnp.linalg.cholesky(self.sigma)).all()
 
 # %% ../../nbs/41_em_expfam.ipynb #06991180
 FAMILY_HOOKS = ("log_prob_fn", "e_step_fn", "m_step_fn", "e_step_and_ll_fn", "summary_fn", "rvs_fn")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..core import as_key, check_int, check_positive, pd
+from ..core import as_key, check_int, check_positive, patch_to, pd
 from .expfam import as_data, check_family, check_fit_data, quadratic_forms
 from .rules import EtaRule, RobbinsMonroUpdate
 
@@ -201,38 +201,40 @@ class IncrementalEMFitter:
             with jax.default_device(jax.devices("cpu")[0]): return self._fit(model, X, key)
         return self._fit(model, X, key)
 
-    def _fit(self, model, X, key):
-        start = time.perf_counter()
-        n = X.shape[0]
-        size, steps = min(self.batch_size, n), self.max_steps
-        order = _visit_order(as_key(key), n, max(1, -(-steps * size // n)))
-        carry = (model, _gauged(type(model), model.expectation_params()), self.eta_update.init_state(), jnp.int32(0))
+# %% ../../nbs/45_em_fitting.ipynb #50e88b7d
+@patch_to(IncrementalEMFitter)
+def _fit(self, model, X, key):
+    start = time.perf_counter()
+    n = X.shape[0]
+    size, steps = min(self.batch_size, n), self.max_steps
+    order = _visit_order(as_key(key), n, max(1, -(-steps * size // n)))
+    carry = (model, _gauged(type(model), model.expectation_params()), self.eta_update.init_state(), jnp.int32(0))
+    if self.verbose:
+        print(f"EM [incremental] {type(model).__name__}: rule={type(self.eta_update).__name__}, batch_size={size}, "
+              f"max_steps={steps}, inner_iter={self.inner_iter}")
+    bounds = np.unique(np.linspace(0, steps, 11 if self.verbose else 2).round().astype(int))
+    bar = self.verbose and steps >= 2000
+    changes, rows, lls = [], [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        pieces = np.unique(np.linspace(lo, hi, 11 if bar else 2).round().astype(int))
+        for a, b in zip(pieces[:-1], pieces[1:]):
+            carry, change = _incremental_steps(carry, self.eta_update, X, order, int(a), int(b - a), size, self.inner_iter)
+            changes.append(change)
+            if bar: _progress(int(b), steps)
         if self.verbose:
-            print(f"EM [incremental] {type(model).__name__}: rule={type(self.eta_update).__name__}, batch_size={size}, "
-                  f"max_steps={steps}, inner_iter={self.inner_iter}")
-        bounds = np.unique(np.linspace(0, steps, 11 if self.verbose else 2).round().astype(int))
-        bar = self.verbose and steps >= 2000
-        changes, rows, lls = [], [], []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            pieces = np.unique(np.linspace(lo, hi, 11 if bar else 2).round().astype(int))
-            for a, b in zip(pieces[:-1], pieces[1:]):
-                carry, change = _incremental_steps(carry, self.eta_update, X, order, int(a), int(b - a), size, self.inner_iter)
-                changes.append(change)
-                if bar: _progress(int(b), steps)
-            if self.verbose:
-                ll = float(_mean_log_likelihood(carry[0], X))
-                lls.append(ll); rows.append((int(hi), ll))
-                if bar: sys.stdout.write("\r")
-                print(f"  step {int(hi):4d}/{steps}  LL={ll:.6f}  |Δparams|={float(changes[-1][-1]):.4e}")
-        fitted, rejected = carry[0], int(carry[3])
-        final_ll, share = _fit_summary(fitted, X)
-        if not self.verbose: lls.append(float(final_ll))
-        elapsed = time.perf_counter() - start
-        if self.verbose: print(f"  Done ({elapsed:.2f}s), final LL={lls[-1]:.6f}")
-        if rejected: warnings.warn(f"{rejected} of {steps} M-steps were rejected (inadmissible η); the previous model was kept each time", stacklevel=3)
-        history = pd.DataFrame(dict(step=np.arange(1, steps + 1), param_change=np.concatenate([np.asarray(c) for c in changes]) if changes else []))
-        if rows: history = history.merge(pd.DataFrame(rows, columns=["step", "log_likelihood"]), on="step", how="left")
-        return EMResult(fitted, np.asarray(lls), history, steps, None, elapsed, rejected, _diagnose(share))
+            ll = float(_mean_log_likelihood(carry[0], X))
+            lls.append(ll); rows.append((int(hi), ll))
+            if bar: sys.stdout.write("\r")
+            print(f"  step {int(hi):4d}/{steps}  LL={ll:.6f}  |Δparams|={float(changes[-1][-1]):.4e}")
+    fitted, rejected = carry[0], int(carry[3])
+    final_ll, share = _fit_summary(fitted, X)
+    if not self.verbose: lls.append(float(final_ll))
+    elapsed = time.perf_counter() - start
+    if self.verbose: print(f"  Done ({elapsed:.2f}s), final LL={lls[-1]:.6f}")
+    if rejected: warnings.warn(f"{rejected} of {steps} M-steps were rejected (inadmissible η); the previous model was kept each time", stacklevel=3)
+    history = pd.DataFrame(dict(step=np.arange(1, steps + 1), param_change=np.concatenate([np.asarray(c) for c in changes]) if changes else []))
+    if rows: history = history.merge(pd.DataFrame(rows, columns=["step", "log_likelihood"]), on="step", how="left")
+    return EMResult(fitted, np.asarray(lls), history, steps, None, elapsed, rejected, _diagnose(share))
 
 # %% ../../nbs/45_em_fitting.ipynb #f024eecd
 def random_starts(model, X, n: int, key) -> list:

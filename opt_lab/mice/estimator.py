@@ -202,7 +202,7 @@ def _should_stop(self, estimate: np.ndarray) -> bool:
     bound = math.sqrt(float(estimate @ estimate)) + math.sqrt(self._error() / self.stop_crit_prob)
     return bound <= self.stop_crit_norm
 
-# %% ../../nbs/28_mice_estimator.ipynb #73c34b89
+# %% ../../nbs/28_mice_estimator.ipynb #49fb942e
 @patch_to(MICE)
 def _try_drop(self, x: np.ndarray, tol: float, events: list):
     "Before sampling at `x`, drop the newest level if a hierarchy without it would cost at most `1 + drop_param` times as much."
@@ -230,6 +230,9 @@ def _plan_cost(self, v, cost, held, tol) -> float:
     "What a hierarchy whose newest level is still empty would cost, its pilot included."
     return self.policy.plan_cost(self._sizes(v, cost, held[:-1] + [self.m_pilot], tol), held, cost)
 
+
+
+# %% ../../nbs/28_mice_estimator.ipynb #3aba5c32
 @patch_to(MICE)
 def _try_restart(self, tol, keep_cost, events) -> float:
     st = self._stack
@@ -242,6 +245,9 @@ def _try_restart(self, tol, keep_cost, events) -> float:
     events.append("restart")
     return restart_cost
 
+
+
+# %% ../../nbs/28_mice_estimator.ipynb #67b95196
 @patch_to(MICE)
 def _try_clip(self, tol, keep_cost, events) -> float:
     st = self._stack
@@ -257,6 +263,9 @@ def _try_clip(self, tol, keep_cost, events) -> float:
     events.append("clip")
     return clip_cost
 
+
+
+# %% ../../nbs/28_mice_estimator.ipynb #153d5875
 @patch_to(MICE)
 def _apply_policy(self, tol, events) -> bool:
     "Restart or clip once the new level's pilot is in; whether the hierarchy changed."

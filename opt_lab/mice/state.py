@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ..core import patch_to
+
 # %% auto #0
 __all__ = ['welford_update', 'partition_sums', 'partition_counts', 'loo_deviations', 'WelfordVec', 'ResamplingAcc', 'LevelState',
            'LevelStack']
@@ -141,13 +143,7 @@ class LevelState:
     mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
     v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
 
-# %% ../../nbs/22_mice_state.ipynb #5822fca2
-def _frozen(a):
-    "A read-only copy."
-    a = np.array(a)
-    a.flags.writeable = False
-    return a
-
+# %% ../../nbs/22_mice_state.ipynb #17ba9dfc
 class LevelStack:
     "The hierarchy as stacked arrays: one row per level, columns `[Δ | ∇f(x_ℓ)]` so that one update serves both."
     def __init__(self, dim: int, # length of the flat parameter vector
@@ -201,111 +197,134 @@ class LevelStack:
         self.loo_part[i] = [root / max(n - q - 1, 1)] * r + [root / max(n - q, 1)] * (P - r)  # over the samples kept
         self.loo_full[i] = root / max(n, 1)
 
-    def absorb(self, i: int, # the row
-               g: np.ndarray, # gradients at the level's iterate, shape `(m, d)`
-               g_prev: np.ndarray | None=None, # on a difference level, gradients at the iterate below on the same samples
-              ):
-        "Merge a batch of samples into level `i`: the columns `[Δ | ∇f(x_i)]` are $[g-g_{prev} \\mid g]$, or $[g \\mid g]$ on a base level."
-        n, d = int(self.n[i]), self.dim
-        for begin in range(0, g.shape[0], _DEALT_ROWS):  # chunks bound the workspace, as they bound the dealing matrix
-            chunk = g[begin:begin + _DEALT_ROWS]
-            columns = self._workspace(chunk.shape[0])  # built in place: no temporary arrays per batch
-            if g_prev is None: columns[:, :d] = chunk
-            else: np.subtract(chunk, g_prev[begin:begin + _DEALT_ROWS], out=columns[:, :d])
-            columns[:, d:] = chunk
-            if n == 0: self.shift[i] = columns[0]
-            columns -= self.shift[i]
-            self.psum[i] += partition_sums(columns, n, self.parts, with_total=True)
-            self.sq[i] += np.einsum("ij,ij->j", columns, columns)
-            n += chunk.shape[0]
-        self._set_count(i, n)
-        self._summary = None
+    def __len__(self): return self.size
 
-    def _workspace(self, rows: int) -> np.ndarray:
-        "A scratch block of `rows` rows of `2d` columns, reused between batches."
-        if self._scratch.shape[0] < rows: self._scratch = np.empty((max(rows, 2 * self._scratch.shape[0]), 2 * self.dim))
-        return self._scratch[:rows]
+# %% ../../nbs/22_mice_state.ipynb #a13b7bc9
+@patch_to(LevelStack)
+def absorb(self, i: int, # the row
+           g: np.ndarray, # gradients at the level's iterate, shape `(m, d)`
+           g_prev: np.ndarray | None=None, # on a difference level, gradients at the iterate below on the same samples
+          ):
+    "Merge a batch of samples into level `i`: the columns `[Δ | ∇f(x_i)]` are $[g-g_{prev} \\mid g]$, or $[g \\mid g]$ on a base level."
+    n, d = int(self.n[i]), self.dim
+    for begin in range(0, g.shape[0], _DEALT_ROWS):  # chunks bound the workspace, as they bound the dealing matrix
+        chunk = g[begin:begin + _DEALT_ROWS]
+        columns = self._workspace(chunk.shape[0])  # built in place: no temporary arrays per batch
+        if g_prev is None: columns[:, :d] = chunk
+        else: np.subtract(chunk, g_prev[begin:begin + _DEALT_ROWS], out=columns[:, :d])
+        columns[:, d:] = chunk
+        if n == 0: self.shift[i] = columns[0]
+        columns -= self.shift[i]
+        self.psum[i] += partition_sums(columns, n, self.parts, with_total=True)
+        self.sq[i] += np.einsum("ij,ij->j", columns, columns)
+        n += chunk.shape[0]
+    self._set_count(i, n)
+    self._summary = None
 
-    def remove(self, i: int):
-        "Delete level `i`, moving the levels above it down one row."
-        L = self.size
-        if i < L - 1:  # the newest level (what Drop removes) leaves nothing to move
-            for name in self._ROW_ARRAYS:
-                a = getattr(self, name)
-                a[i:L - 1] = a[i + 1:L]
-        del self.samplers[i]
-        self.size -= 1
-        self._summary = None
+@patch_to(LevelStack)
+def _workspace(self, rows: int) -> np.ndarray:
+    "A scratch block of `rows` rows of `2d` columns, reused between batches."
+    if self._scratch.shape[0] < rows: self._scratch = np.empty((max(rows, 2 * self._scratch.shape[0]), 2 * self.dim))
+    return self._scratch[:rows]
 
-    def keep_from(self, i: int):
-        "Discard the levels below `i` and turn level `i` into a base level holding its gradients $\\nabla f(x_i,\\theta)$."
-        L, d = self.size, self.dim
+# %% ../../nbs/22_mice_state.ipynb #59d4b733
+def _frozen(a):
+    "A read-only copy."
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+@patch_to(LevelStack)
+def _summaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Means `(L, 2d)`, variance sums `(L, 2)` and scaled leave-one-out deviations of $\\Delta$ `(L, P, d)`, from the sums."
+    if self._summary is None:
+        L, d, P = self.size, self.dim, self.parts
+        total = self.psum[:L, P]
+        centred = total * self.inv_n[:L, None]
+        spread = (self.sq[:L] - total * centred).reshape(L, 2, d).sum(axis=2)
+        v = np.maximum(spread, 0.0, out=spread) * self.inv_nm1[:L, None] + self.few[:L, None]  # no rounding below 0
+        # the leave-one-out deviations, `loo_deviations` scaled, with the count factors set by `_set_count`
+        dev = ((total[:, None, :d] - self.psum[:L, :P, :d]) * self.loo_part[:L, :, None]
+               - (total[:, :d] * self.loo_full[:L, None])[:, None, :])
+        self._summary = (centred + self.shift[:L], v, dev)
+        for a in self._summary: a.flags.writeable = False  # shared by every reader until the next change
+    return self._summary
+
+@patch_to(LevelStack)
+def variances(self, column: int=0) -> np.ndarray:
+    "$V_\\ell$ per level for the differences (`column=0`) or the gradients (`column=1`); `inf` below two samples."
+    return self._summaries()[1][:, column]
+
+@patch_to(LevelStack)
+def deviations(self) -> np.ndarray:
+    "Per level, the leave-one-partition-out means of $\\Delta_\\ell$ minus its mean, scaled to the spread of the level's mean, shape `(L, P, d)`."
+    return self._summaries()[2]
+
+@patch_to(LevelStack)
+def means(self) -> np.ndarray:
+    "Per level, the sample means `[mean Δ | mean ∇f(x_ℓ)]`, shape `(L, 2d)`."
+    return self._summaries()[0]
+
+@patch_to(LevelStack)
+def estimate(self) -> np.ndarray:
+    "The MICE estimate: the sum over levels of the mean differences."
+    return self.means()[:, :self.dim].sum(axis=0)
+
+@patch_to(LevelStack)
+def level(self, i: int) -> LevelState:
+    "A read-only view of level `i`."
+    d, (mean, v, _) = self.dim, self._summaries()
+    return LevelState(x=_frozen(self.x[i]), x_prev=_frozen(self.x[i - 1]) if i > 0 else None,
+                      cost=int(self.cost[i]), m=int(self.n[i]), mean_delta=_frozen(mean[i, :d]), v_delta=float(v[i, 0]),
+                      mean_grad=_frozen(mean[i, d:]), v_grad=float(v[i, 1]))
+
+@patch_to(LevelStack)
+def all_zero(self) -> bool:
+    "Whether every difference absorbed so far is exactly zero (no level carries any information)."
+    L, d = self.size, self.dim
+    return not self.shift[:L, :d].any() and not self.sq[:L, :d].any()  # all equal to the shift, which is zero
+
+# %% ../../nbs/22_mice_state.ipynb #feee2294
+@patch_to(LevelStack)
+def welford(self, i: int, # the row
+            column: int=0, # the differences (0) or the gradients (1)
+           ) -> WelfordVec:
+    "Level `i`'s running mean and squared-deviation sums as a `WelfordVec`, from the sums the estimator reads."
+    n, cols = int(self.n[i]), slice(column * self.dim, (column + 1) * self.dim)
+    total, shift = self.psum[i, self.parts, cols], self.shift[i, cols]
+    return WelfordVec(shift + total / max(n, 1), self.sq[i, cols] - total * total / max(n, 1), n)
+
+@patch_to(LevelStack)
+def resampling(self, i: int) -> ResamplingAcc:
+    "Level `i`'s partition sums of $\\Delta$ as a `ResamplingAcc` (the shift added back)."
+    n, d, P = int(self.n[i]), self.dim, self.parts
+    counts, shift = partition_counts(n, P), self.shift[i, :d]
+    return ResamplingAcc(P, self.psum[i, P, :d] + n * shift, n, self.psum[i, :P, :d] + counts[:, None] * shift, counts)
+
+# %% ../../nbs/22_mice_state.ipynb #0333a0ec
+@patch_to(LevelStack)
+def remove(self, i: int):
+    "Delete level `i`, moving the levels above it down one row."
+    L = self.size
+    if i < L - 1:  # the newest level (what Drop removes) leaves nothing to move
         for name in self._ROW_ARRAYS:
             a = getattr(self, name)
-            a[:L - i] = a[i:L]
-        del self.samplers[:i]
-        self.size = L - i
-        self._summary = None
-        if self.size == 0: return
-        self.cost[0] = 1
-        for a in (self.shift, self.sq): a[0, :d] = a[0, d:]
-        self.psum[0, :, :d] = self.psum[0, :, d:]
+            a[i:L - 1] = a[i + 1:L]
+    del self.samplers[i]
+    self.size -= 1
+    self._summary = None
 
-    def all_zero(self) -> bool:
-        "Whether every difference absorbed so far is exactly zero (no level carries any information)."
-        L, d = self.size, self.dim
-        return not self.shift[:L, :d].any() and not self.sq[:L, :d].any()  # all equal to the shift, which is zero
-
-    def _summaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Means `(L, 2d)`, variance sums `(L, 2)` and scaled leave-one-out deviations of $\\Delta$ `(L, P, d)`, from the sums."
-        if self._summary is None:
-            L, d, P = self.size, self.dim, self.parts
-            total = self.psum[:L, P]
-            centred = total * self.inv_n[:L, None]
-            spread = (self.sq[:L] - total * centred).reshape(L, 2, d).sum(axis=2)
-            v = np.maximum(spread, 0.0, out=spread) * self.inv_nm1[:L, None] + self.few[:L, None]  # no rounding below 0
-            # the leave-one-out deviations, `loo_deviations` scaled, with the count factors set by `_set_count`
-            dev = ((total[:, None, :d] - self.psum[:L, :P, :d]) * self.loo_part[:L, :, None]
-                   - (total[:, :d] * self.loo_full[:L, None])[:, None, :])
-            self._summary = (centred + self.shift[:L], v, dev)
-            for a in self._summary: a.flags.writeable = False  # shared by every reader until the next change
-        return self._summary
-
-    def variances(self, column: int=0) -> np.ndarray:
-        "$V_\\ell$ per level for the differences (`column=0`) or the gradients (`column=1`); `inf` below two samples."
-        return self._summaries()[1][:, column]
-
-    def deviations(self) -> np.ndarray:
-        "Per level, the leave-one-partition-out means of $\\Delta_\\ell$ minus its mean, scaled to the spread of the level's mean, shape `(L, P, d)`."
-        return self._summaries()[2]
-
-    def means(self) -> np.ndarray:
-        "Per level, the sample means `[mean Δ | mean ∇f(x_ℓ)]`, shape `(L, 2d)`."
-        return self._summaries()[0]
-
-    def estimate(self) -> np.ndarray:
-        "The MICE estimate: the sum over levels of the mean differences."
-        return self.means()[:, :self.dim].sum(axis=0)
-
-    def level(self, i: int) -> LevelState:
-        "A read-only view of level `i`."
-        d, (mean, v, _) = self.dim, self._summaries()
-        return LevelState(x=_frozen(self.x[i]), x_prev=_frozen(self.x[i - 1]) if i > 0 else None,
-                          cost=int(self.cost[i]), m=int(self.n[i]), mean_delta=_frozen(mean[i, :d]), v_delta=float(v[i, 0]),
-                          mean_grad=_frozen(mean[i, d:]), v_grad=float(v[i, 1]))
-
-    def welford(self, i: int, # the row
-                column: int=0, # the differences (0) or the gradients (1)
-               ) -> WelfordVec:
-        "Level `i`'s running mean and squared-deviation sums as a `WelfordVec`, from the sums the estimator reads."
-        n, cols = int(self.n[i]), slice(column * self.dim, (column + 1) * self.dim)
-        total, shift = self.psum[i, self.parts, cols], self.shift[i, cols]
-        return WelfordVec(shift + total / max(n, 1), self.sq[i, cols] - total * total / max(n, 1), n)
-
-    def resampling(self, i: int) -> ResamplingAcc:
-        "Level `i`'s partition sums of $\\Delta$ as a `ResamplingAcc` (the shift added back)."
-        n, d, P = int(self.n[i]), self.dim, self.parts
-        counts, shift = partition_counts(n, P), self.shift[i, :d]
-        return ResamplingAcc(P, self.psum[i, P, :d] + n * shift, n, self.psum[i, :P, :d] + counts[:, None] * shift, counts)
-
-    def __len__(self): return self.size
+@patch_to(LevelStack)
+def keep_from(self, i: int):
+    "Discard the levels below `i` and turn level `i` into a base level holding its gradients $\\nabla f(x_i,\\theta)$."
+    L, d = self.size, self.dim
+    for name in self._ROW_ARRAYS:
+        a = getattr(self, name)
+        a[:L - i] = a[i:L]
+    del self.samplers[:i]
+    self.size = L - i
+    self._summary = None
+    if self.size == 0: return
+    self.cost[0] = 1
+    for a in (self.shift, self.sq): a[0, :d] = a[0, d:]
+    self.psum[0, :, :d] = self.psum[0, :, d:]
