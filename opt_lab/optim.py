@@ -7,12 +7,12 @@ __all__ = ['GradientTransformation', 'apply_updates', 'chain', 'scale', 'scale_b
            'TraceState', 'as_schedule', 'constant', 'exponential_decay', 'power_law', 'guard_nonfinite', 'GuardedState',
            'sgd', 'rmsprop', 'scale_by_rms', 'ScaleByRmsState', 'adam', 'scale_by_adam', 'ScaleByAdamState',
            'GradientMemory', 'polyak_sgd', 'scale_by_polyak', 'ScaleByPolyakState', 'PolyakSGD', 'PolyakSGDState',
-           'Optimizer', 'ALIASES', 'heavy_ball_tuning', 'nesterov_tuning']
+           'OptStep', 'Optimizer', 'ALIASES', 'heavy_ball_tuning', 'nesterov_tuning']
 
 # %% ../nbs/17_optim.ipynb #d5dc9b0f
 from .adam import GradientMemory, ScaleByAdamState, adam, scale_by_adam
 from .momentum import heavy_ball_tuning, nesterov_tuning
-from .polyak import PolyakSGD, PolyakSGDState, ScaleByPolyakState, polyak_sgd, scale_by_polyak
+from .polyak import OptStep, PolyakSGD, PolyakSGDState, ScaleByPolyakState, polyak_sgd, scale_by_polyak
 from .rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
 from .sgd import sgd
 from .transform import (GradientTransformation, GuardedState, ScaleByScheduleState, TraceState, apply_updates,
@@ -24,5 +24,5 @@ from .stateful import ALIASES, Optimizer
 _all_ = ["GradientTransformation", "apply_updates", "chain", "scale", "scale_by_schedule", "ScaleByScheduleState", "trace",
          "TraceState", "as_schedule", "constant", "exponential_decay", "power_law", "guard_nonfinite", "GuardedState", "sgd",
          "rmsprop", "scale_by_rms", "ScaleByRmsState", "adam", "scale_by_adam", "ScaleByAdamState", "GradientMemory",
-         "polyak_sgd", "scale_by_polyak", "ScaleByPolyakState", "PolyakSGD", "PolyakSGDState", "Optimizer", "ALIASES",
+         "polyak_sgd", "scale_by_polyak", "ScaleByPolyakState", "PolyakSGD", "PolyakSGDState", "OptStep", "Optimizer", "ALIASES",
          "heavy_ball_tuning", "nesterov_tuning"]

@@ -16,7 +16,7 @@ from .core import check_in_range, check_int, check_positive, patch_to
 from .transform import GradientTransformation, chain, guard_nonfinite, trace
 
 # %% auto #0
-__all__ = ['ScaleByPolyakState', 'polyak_stepsize', 'scale_by_polyak', 'polyak_sgd', 'PolyakSGDState', 'PolyakSGD']
+__all__ = ['ScaleByPolyakState', 'polyak_stepsize', 'scale_by_polyak', 'polyak_sgd', 'OptStep', 'PolyakSGDState', 'PolyakSGD']
 
 # %% ../nbs/15_polyak.ipynb #57919f00
 class ScaleByPolyakState(NamedTuple):
@@ -86,19 +86,24 @@ def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
     stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant), trace(momentum)]
     return guard_nonfinite(chain(*stages), nonfinite)
 
-# %% ../nbs/15_polyak.ipynb #7f2e945e
+# %% ../nbs/15_polyak.ipynb #05e25dc8
+class OptStep(NamedTuple):
+    "What `update`, `run` and `run_iterator` return: the parameters and the solver state (jaxopt's `OptStep`)."
+    params: Any # the parameters after the step(s)
+    state: Any # the solver state
+
 class PolyakSGDState(NamedTuple):
-    "State of `PolyakSGD`."
+    "State of `PolyakSGD` (jaxopt's fields, in jaxopt's order)."
     iter_num: jax.Array # steps taken
-    value: jax.Array # loss at the last evaluation
     error: jax.Array # gradient norm at the last evaluation
-    stepsize: jax.Array # the last step size
-    velocity: Any # momentum buffer
+    value: jax.Array # loss at the last evaluation
     aux: Any # auxiliary output of `fun` (with `has_aux`)
+    stepsize: jax.Array # the last step size
+    velocity: Any # momentum buffer (zeros at momentum 0, so that a changed `momentum` can take effect)
     num_fun_eval: jax.Array # loss evaluations so far
     num_grad_eval: jax.Array # gradient evaluations so far
 
-# %% ../nbs/15_polyak.ipynb #52f41dea
+# %% ../nbs/15_polyak.ipynb #5fd76659
 def _value_and_grad(fun, value_and_grad, has_aux):
     "Normalise `fun` to `params, *args -> ((value, aux), grad)`."
     if value_and_grad:
@@ -116,55 +121,62 @@ def _value_and_grad(fun, value_and_grad, has_aux):
 
 def _tree_norm(tree): return jnp.sqrt(_sqnorm(tree))
 
-def _step(params, state, value, grad, hyper, variant):
-    "One Polyak step from `params`, given the loss and gradient there: new params and the new velocity and step size."
-    updates, step = _polyak_direction(grad, value, hyper["max_stepsize"], hyper["delta"], hyper["fun_min"], variant,
-                                      state.stepsize.dtype)
-    velocity = jax.tree_util.tree_map(lambda v, u: hyper["momentum"] * v + u, state.velocity, updates)  # as `trace` does
-    params = jax.tree_util.tree_map(lambda p, v: (p + v).astype(p.dtype), params, velocity)
-    return params, velocity, step
-
-# %% ../nbs/15_polyak.ipynb #665cafa3
-def _evaluate(vg, pre_update, params, state, args, kwargs):
-    "Pre-update, then loss and gradient at the resulting parameters; updates the state's value, error, aux and counters."
-    if pre_update is not None: params, state = pre_update(params, state, *args, **kwargs)
+def _evaluate(vg, params, state, args, kwargs):
+    "Loss and gradient at `params`; the state records the value, the error (gradient norm), aux and the counts."
     (value, aux), grad = vg(params, *args, **kwargs)
     state = state._replace(value=jnp.asarray(value, state.value.dtype), error=_tree_norm(grad).astype(state.error.dtype),
                            aux=aux, num_fun_eval=state.num_fun_eval + 1, num_grad_eval=state.num_grad_eval + 1)
+    return state, grad
+
+def _step(params, state, grad, hyper, variant):
+    "The Polyak step from `params`, given the loss (in `state`) and gradient there."
+    updates, step = _polyak_direction(grad, state.value, hyper["max_stepsize"], hyper["delta"], hyper["fun_min"], variant,
+                                      state.stepsize.dtype)
+    velocity = jax.tree_util.tree_map(lambda v, u: hyper["momentum"] * v + u, state.velocity, updates)  # as `trace` does
+    params = jax.tree_util.tree_map(lambda p, v: (p + v).astype(p.dtype), params, velocity)
+    return params, state._replace(iter_num=state.iter_num + 1, velocity=velocity, stepsize=step)
+
+def _update(vg, pre_update, variant, params, state, hyper, args, kwargs):
+    "jaxopt's iteration: `pre_update`, loss and gradient at the parameters, one step."
+    if pre_update is not None: params, state = pre_update(params, state, *args, **kwargs)
+    state, grad = _evaluate(vg, params, state, args, kwargs)
+    return _step(params, state, grad, hyper, variant)
+
+# %% ../nbs/15_polyak.ipynb #2ca360c9
+def _run_body(vg, pre_update, variant, carry, hyper, args, kwargs):
+    "One iteration of `run`, then the gradient at the new parameters: the stopping test reads the returned point."
+    params, state, grad = carry
+    if pre_update is None: params, state = _step(params, state, grad, hyper, variant)  # the last gradient serves
+    else: params, state = _update(vg, pre_update, variant, params, state, hyper, args, kwargs)
+    state, grad = _evaluate(vg, params, state, args, kwargs)
     return params, state, grad
 
-@partial(jax.jit, static_argnames=("vg", "pre_update", "variant"))
-def _update_jit(vg, pre_update, variant, params, state, hyper, args, kwargs):
-    params, state, grad = _evaluate(vg, pre_update, params, state, args, kwargs)
-    params, velocity, step = _step(params, state, state.value, grad, hyper, variant)
-    return params, state._replace(iter_num=state.iter_num + 1, velocity=velocity, stepsize=step)
+def _keep_going(state, hyper): return (state.iter_num < hyper["maxiter"]) & (state.error > hyper["tol"])
 
-@partial(jax.jit, static_argnames=("vg", "pre_update", "variant"))
-def _run_jit(vg, pre_update, variant, params, state, hyper, args, kwargs):
-    params, state, grad = _evaluate(vg, pre_update, params, state, args, kwargs)
-    def cond(carry):
-        _, state, _ = carry
-        return (state.iter_num < hyper["maxiter"]) & (state.error > hyper["tol"])
-    def body(carry):
-        params, state, grad = carry
-        params, velocity, step = _step(params, state, state.value, grad, hyper, variant)
-        state = state._replace(iter_num=state.iter_num + 1, velocity=velocity, stepsize=step)
-        return _evaluate(vg, pre_update, params, state, args, kwargs)
-    params, state, _ = jax.lax.while_loop(cond, body, (params, state, grad))
-    return params, state
+def _run_while(vg, pre_update, variant, carry, hyper, args, kwargs):
+    "`run` as one `lax.while_loop`: stops as soon as `tol` is met (not reverse-differentiable)."
+    body = lambda c: _run_body(vg, pre_update, variant, c, hyper, args, kwargs)
+    return jax.lax.while_loop(lambda c: _keep_going(c[1], hyper), body, carry)
 
-@partial(jax.jit, static_argnames=("vg", "pre_update"))
-def _evaluate_jit(vg, pre_update, params, state, args, kwargs):
-    return _evaluate(vg, pre_update, params, state, args, kwargs)
+def _run_scan(vg, pre_update, variant, maxiter, carry, hyper, args, kwargs):
+    "`run` as a `lax.scan` of `maxiter` masked iterations: reverse-differentiable, at the cost of all `maxiter`."
+    def body(c, _):
+        new = _run_body(vg, pre_update, variant, c, hyper, args, kwargs)
+        go = _keep_going(c[1], hyper)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(go, a, b), new, c), None
+    return jax.lax.scan(body, carry, None, length=maxiter)[0]
 
-@partial(jax.jit, static_argnames=("variant",))
-def _step_jit(variant, params, state, grad, hyper):
-    params, velocity, step = _step(params, state, state.value, grad, hyper, variant)
-    return params, state._replace(iter_num=state.iter_num + 1, velocity=velocity, stepsize=step)
+_STATIC = ("vg", "pre_update", "variant")
+_update_jit = jax.jit(_update, static_argnames=_STATIC)
+_evaluate_jit = jax.jit(_evaluate, static_argnames=("vg",))
+_step_jit = jax.jit(_step, static_argnames=("variant",))
+_run_body_jit = jax.jit(_run_body, static_argnames=_STATIC)
+_run_while_jit = jax.jit(_run_while, static_argnames=_STATIC)
+_run_scan_jit = jax.jit(_run_scan, static_argnames=_STATIC + ("maxiter",))
 
-# %% ../nbs/15_polyak.ipynb #a6d914e3
+# %% ../nbs/15_polyak.ipynb #ed83d146
 class PolyakSGD:
-    "SGD with the stochastic Polyak step, as a solver (API of `jaxopt.PolyakSGD`; Loizou et al. 2021)."
+    "SGD with the stochastic Polyak step, as a solver with the contract of `jaxopt.PolyakSGD` (Loizou et al. 2021)."
     def __init__(self,
                  fun: Callable, # `fun(params, *args, **kwargs)`: the loss, `(loss, aux)`, or with `value_and_grad` also the gradient
                  value_and_grad: bool=False, # `fun` returns `(value, grad)` (or `((value, aux), grad)`)
@@ -172,22 +184,42 @@ class PolyakSGD:
                  max_stepsize: float=1.0, # γ_b, cap on the step size
                  delta: float=0.0, # δ ≥ 0 added to ‖g‖²
                  momentum: float=0.0, # β in [0, 1)
-                 pre_update: Callable | None=None, # `pre_update(params, state, *args, **kwargs) -> (params, state)` before each evaluation
+                 pre_update: Callable | None=None, # `pre_update(params, state, *args, **kwargs) -> (params, state)` before each step
                  maxiter: int=500, # maximum number of steps
                  tol: float=1e-3, # stop once the gradient norm at the current parameters is ≤ tol
+                 verbose: int=0, # print the state every `verbose` iterations (`True`: every one); runs the loop in Python
+                 implicit_diff: bool=False, # differentiate `run` through the optimality condition instead of the loop
+                 implicit_diff_solve: Callable | None=None, # `solve(matvec, b)` for the implicit derivatives; conjugate gradients if `None`
+                 jit: bool | str="auto", # compile the loop: `"auto"` unless `verbose`
+                 unroll: bool | str="auto", # `True`: a masked `lax.scan` of `maxiter` steps (reverse-differentiable); `"auto"`: only without `jit`
+                 *,
                  fun_min: float=0.0, # f_i*, the minimum of the sampled losses
                  variant: str="SPS_max", # "SPS_max" or "SPS+"
-                 verbose: int=0, # print the state every `verbose` iterations of `run_iterator` (0: never)
                 ):
         self.fun, self.value_and_grad, self.has_aux = fun, value_and_grad, has_aux
-        self.max_stepsize, self.delta, self.momentum, self.fun_min = max_stepsize, delta, momentum, fun_min
-        self.pre_update, self.maxiter, self.tol, self.variant, self.verbose = pre_update, maxiter, tol, variant, verbose
+        self.max_stepsize, self.delta, self.momentum, self.pre_update = max_stepsize, delta, momentum, pre_update
+        self.maxiter, self.tol, self.verbose = maxiter, tol, verbose
+        self.implicit_diff, self.implicit_diff_solve, self.jit, self.unroll = implicit_diff, implicit_diff_solve, jit, unroll
+        self.fun_min, self.variant = fun_min, variant
         self._hyper()
+
+    def attribute_names(self) -> tuple:
+        "The names of the solver's settings, in the constructor's order."
+        return ("fun", "value_and_grad", "has_aux", "max_stepsize", "delta", "momentum", "pre_update", "maxiter", "tol",
+                "verbose", "implicit_diff", "implicit_diff_solve", "jit", "unroll", "fun_min", "variant")
+
+    def attribute_values(self) -> tuple:
+        "The values of `attribute_names()`."
+        return tuple(getattr(self, name) for name in self.attribute_names())
 
     def _hyper(self) -> dict:
         "The hyper-parameters as they are now, checked (they may have been changed since the last call)."
         _check_variant(self.variant)
         check_int("maxiter", self.maxiter, minimum=0)
+        for name, value in (("jit", self.jit), ("unroll", self.unroll)):
+            if value not in (True, False, "auto"): raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
+        if self.implicit_diff_solve is not None and not callable(self.implicit_diff_solve):
+            raise ValueError(f"implicit_diff_solve must be a callable solve(matvec, b) or None, got {self.implicit_diff_solve!r}")
         return dict(max_stepsize=jnp.asarray(check_positive("max_stepsize", self.max_stepsize)),
                     delta=jnp.asarray(check_positive("delta", self.delta, allow_zero=True)),
                     momentum=jnp.asarray(check_in_range("momentum", self.momentum, 0, 1, closed="left")),
@@ -203,49 +235,108 @@ class PolyakSGD:
             self._vg_key, self._vg_fn = key, _value_and_grad(*key)
         return self._vg_fn
 
-    def init_state(self, init_params, *args, **kwargs) -> PolyakSGDState:
-        "A fresh state for `init_params` (no evaluation; `aux` is filled at the first one)."
-        leaves = jax.tree_util.tree_leaves(init_params)
-        if not leaves: raise ValueError("init_params must contain at least one array")
-        dtype = jnp.result_type(*leaves)
-        zero = jnp.zeros([], dtype)
-        aux = None
-        if self.has_aux:  # the loop carries aux, so its structure is needed up front
-            (_, aux), _ = jax.eval_shape(self._vg, init_params, *args, **kwargs)
-            aux = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), aux)
-        return PolyakSGDState(jnp.zeros([], jnp.int32), zero, jnp.asarray(jnp.inf, dtype), zero,
-                              jax.tree_util.tree_map(jnp.zeros_like, init_params), aux,
-                              jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
-
-# %% ../nbs/15_polyak.ipynb #31bffbdd
+# %% ../nbs/15_polyak.ipynb #f22ebe42
 @patch_to(PolyakSGD)
-def update(self, params, state: PolyakSGDState, *args, **kwargs):
-    "One step from `params`; `state.error` is the gradient norm where the step started. Returns `(params, state)`."
-    return _update_jit(self._vg, self.pre_update, self.variant, params, state, self._hyper(), args, kwargs)
+def init_state(self, init_params, *args, **kwargs) -> PolyakSGDState:
+    "A fresh state for `init_params` (no evaluation; `aux` is filled at the first one)."
+    leaves = jax.tree_util.tree_leaves(init_params)
+    if not leaves: raise ValueError("init_params must contain at least one array")
+    dtype = jnp.result_type(*leaves)
+    zero = jnp.zeros([], dtype)
+    aux = None
+    if self.has_aux:  # the loop carries aux, so its structure is needed up front
+        (_, aux), _ = jax.eval_shape(self._vg, init_params, *args, **kwargs)
+        aux = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), aux)
+    return PolyakSGDState(jnp.zeros([], jnp.int32), jnp.asarray(jnp.inf, dtype), zero, aux, zero,
+                          jax.tree_util.tree_map(jnp.zeros_like, init_params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
 
 @patch_to(PolyakSGD)
-def run(self, init_params, *args, **kwargs):
-    "Steps until the gradient norm at the current parameters is ≤ `tol`, or `maxiter` steps. Returns `(params, state)`."
-    state = self.init_state(init_params, *args, **kwargs)
-    return _run_jit(self._vg, self.pre_update, self.variant, init_params, state, self._hyper(), args, kwargs)
+def optimality_fun(self, params, *args, **kwargs):
+    "The gradient of `fun` with respect to `params`: zero at a solution (the mapping that implicit differentiation uses)."
+    return self._vg(params, *args, **kwargs)[1]
 
-# %% ../nbs/15_polyak.ipynb #adfa0a75
-@patch_to(PolyakSGD)
-def run_iterator(self, init_params, iterator: Iterable, *args, **kwargs):
-    "One step per batch of `iterator` (passed as `data=`) until the batch gradient norm is ≤ `tol` or `maxiter` steps."
-    hyper, params, state = self._hyper(), init_params, None
-    for data in iterator:
-        if state is None: state = self.init_state(init_params, *args, data=data, **kwargs)
-        params, state, grad = _evaluate_jit(self._vg, self.pre_update, params, state, args, dict(kwargs, data=data))
-        if self.verbose and int(state.iter_num) % self.verbose == 0:
-            print(f"iter {int(state.iter_num)}: value {float(state.value):.6g}, error {float(state.error):.3g}, stepsize {float(state.stepsize):.3g}")
-        if float(state.error) <= self.tol or int(state.iter_num) >= self.maxiter: break
-        params, state = _step_jit(self.variant, params, state, grad, hyper)
-    if state is None: raise ValueError("run_iterator: the iterator gave no batch")
-    return params, state
-
-# %% ../nbs/15_polyak.ipynb #54f89a5c
 @patch_to(PolyakSGD)
 def l2_optimality_error(self, params, *args, **kwargs) -> jax.Array:
     "‖∇fun(params)‖, the optimality error (one gradient evaluation)."
-    return _tree_norm(self._vg(params, *args, **kwargs)[1])
+    return _tree_norm(self.optimality_fun(params, *args, **kwargs))
+
+@patch_to(PolyakSGD)
+def _report(self, state):
+    if self.verbose and int(state.iter_num) % int(self.verbose) == 0:
+        print(f"PolyakSGD iter {int(state.iter_num)}: value {float(state.value):.6g}, error {float(state.error):.3g}, "
+              f"stepsize {float(state.stepsize):.3g}")
+
+# %% ../nbs/15_polyak.ipynb #9722dce1
+@patch_to(PolyakSGD)
+def update(self, params, state: PolyakSGDState, *args, **kwargs) -> OptStep:
+    "One step from `params`; `state.error` is the gradient norm where the step started."
+    update = _update if self.jit is False else _update_jit
+    params, state = update(self._vg, self.pre_update, self.variant, params, state, self._hyper(), args, kwargs)
+    self._report(state)
+    return OptStep(params, state)
+
+@patch_to(PolyakSGD)
+def _run(self, init_params, args, kwargs) -> OptStep:
+    hyper, state, vg = self._hyper(), self.init_state(init_params, *args, **kwargs), self._vg
+    compiled = self.jit is True or (self.jit == "auto" and not self.verbose)
+    unroll = (not compiled) if self.unroll == "auto" else self.unroll
+    static = (vg, self.pre_update, self.variant)
+    carry = (init_params, *(_evaluate_jit if compiled else _evaluate)(vg, init_params, state, args, kwargs))
+    if self.verbose or (unroll and not compiled):  # a Python loop: it prints, and it can be differentiated step by step
+        body = _run_body_jit if compiled else _run_body
+        while bool(_keep_going(carry[1], hyper)):
+            carry = body(*static, carry, hyper, args, kwargs)
+            self._report(carry[1])
+    elif unroll: carry = _run_scan_jit(*static, self.maxiter, carry, hyper, args, kwargs)
+    else: carry = (_run_while_jit if compiled else _run_while)(*static, carry, hyper, args, kwargs)
+    return OptStep(carry[0], carry[1])
+
+# %% ../nbs/15_polyak.ipynb #a0e0b757
+def _no_derivative(tree):
+    return jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a) if isinstance(a, jax.Array) else a, tree)
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _implicit_solution(optimality, linear_solve, solution, args, kwargs):
+    "`solution`, with the reverse-mode derivative of a root of `optimality(x, *args, **kwargs)` in `args` and `kwargs`."
+    return solution
+
+def _implicit_fwd(optimality, linear_solve, solution, args, kwargs):
+    return solution, (solution, args, kwargs)
+
+def _implicit_bwd(optimality, linear_solve, residuals, cotangent):
+    # F(x*(θ), θ) = 0 gives dx*/dθ = -(∂F/∂x)⁻¹ ∂F/∂θ; ∂F/∂x is the Hessian of fun, symmetric, so u = (∂F/∂x)⁻¹ x̄
+    solution, args, kwargs = residuals
+    hessian_vector = lambda u: jax.jvp(lambda x: optimality(x, *args, **kwargs), (solution,), (u,))[1]
+    u = linear_solve(hessian_vector, cotangent)
+    _, pullback = jax.vjp(lambda a, k: optimality(solution, *a, **k), args, kwargs)
+    args_bar, kwargs_bar = pullback(jax.tree_util.tree_map(jnp.negative, u))
+    return jax.tree_util.tree_map(jnp.zeros_like, solution), args_bar, kwargs_bar
+
+_implicit_solution.defvjp(_implicit_fwd, _implicit_bwd)
+
+def _conjugate_gradients(matvec, b): return jax.scipy.sparse.linalg.cg(matvec, b)[0]
+
+@patch_to(PolyakSGD)
+def run(self, init_params, *args, **kwargs) -> OptStep:
+    "Steps until the gradient norm at the current parameters is ≤ `tol`, or `maxiter` steps."
+    if not self.implicit_diff: return self._run(init_params, args, kwargs)
+    step = self._run(*_no_derivative((init_params, args, kwargs)))  # the loop itself is not differentiated
+    params = _implicit_solution(self.optimality_fun, self.implicit_diff_solve or _conjugate_gradients, step.params, args, kwargs)
+    return OptStep(params, step.state)
+
+# %% ../nbs/15_polyak.ipynb #0cfbeef7
+@patch_to(PolyakSGD)
+def run_iterator(self, init_params, iterator: Iterable, *args, **kwargs) -> OptStep:
+    "One step per batch of `iterator` (passed as `data=`) until the batch gradient norm is ≤ `tol` or `maxiter` steps."
+    hyper, params, state = self._hyper(), init_params, None
+    evaluate, step = (_evaluate, _step) if self.jit is False else (_evaluate_jit, _step_jit)
+    for data in iterator:
+        batch = dict(kwargs, data=data)
+        if state is None: state = self.init_state(init_params, *args, **batch)
+        if self.pre_update is not None: params, state = self.pre_update(params, state, *args, **batch)
+        state, grad = evaluate(self._vg, params, state, args, batch)
+        self._report(state)
+        if float(state.error) <= self.tol or int(state.iter_num) >= self.maxiter: break
+        params, state = step(params, state, grad, hyper, self.variant)
+    if state is None: raise ValueError("run_iterator: the iterator gave no batch")
+    return OptStep(params, state)

@@ -136,3 +136,89 @@ def test_bad_hyperparameters(kw, message):
 
 def test_empty_iterator_is_an_error():
     with pytest.raises(ValueError, match="gave no batch"): PolyakSGD(LOSS).run_iterator(jnp.zeros(30), iter([]))
+
+
+# jaxopt's solver contract: OptStep, the seed's positional order, optimality_fun, attributes, jit, unroll, verbose
+
+
+def test_run_is_the_same_as_maxiter_updates_and_as_jaxopt():
+    batch = _batches(1)[0]
+    ours = PolyakSGD(LOSS, maxiter=40, tol=0.0, momentum=0.5)
+    out = ours.run(jnp.zeros(30), data=batch)
+    assert isinstance(out, tuple) and out._fields == ("params", "state")
+    p, s = jnp.zeros(30), ours.init_state(jnp.zeros(30), data=batch)
+    for _ in range(40): p, s = ours.update(p, s, data=batch)
+    np.testing.assert_array_equal(out.params, p)
+    ref = jaxopt.PolyakSGD(LOSS, maxiter=40, tol=0.0, momentum=0.5).run(jnp.zeros(30), data=batch)
+    np.testing.assert_allclose(out.params, ref.params, rtol=1e-12)
+    assert int(out.state.iter_num) == int(ref.state.iter_num) == 40
+
+
+@pytest.mark.parametrize("options", [dict(jit=False), dict(unroll=True), dict(jit=False, unroll=False), dict(verbose=7)])
+def test_every_loop_gives_the_same_run(options, capsys):
+    fun = _slow_problem()
+    base = PolyakSGD(fun, maxiter=300, tol=1e-6).run(jnp.zeros(3))
+    other = PolyakSGD(fun, maxiter=300, tol=1e-6, **options).run(jnp.zeros(3))
+    np.testing.assert_allclose(other.params, base.params, rtol=1e-13)
+    assert int(other.state.iter_num) == int(base.state.iter_num)
+    printed = capsys.readouterr().out
+    if options.get("verbose"):
+        lines = printed.splitlines()
+        assert len(lines) == int(base.state.iter_num) // 7 and lines[0].startswith("PolyakSGD iter 7: value")
+    else:
+        assert printed == ""
+
+
+def test_pre_update_runs_once_per_step_in_run():
+    shrink = lambda params, state, *a, **k: (0.9 * params, state)
+    fun = lambda x: 0.5 * jnp.sum((x - 2.0) ** 2)
+    solver = PolyakSGD(fun, pre_update=shrink, maxiter=12, tol=0.0)
+    p, s = jnp.ones(2), solver.init_state(jnp.ones(2))
+    for _ in range(12): p, s = solver.update(p, s)
+    run = solver.run(jnp.ones(2))
+    np.testing.assert_allclose(run.params, p, rtol=1e-14)
+    ref = jaxopt.PolyakSGD(fun, pre_update=shrink, maxiter=12, tol=0.0).run(jnp.ones(2))
+    np.testing.assert_allclose(ref.params, p, rtol=1e-12)   # jaxopt agrees: 12 pre-updates for 12 steps
+    calls = []
+    def counting(params, state, *a, **k):
+        calls.append(1)
+        return params, state
+    PolyakSGD(fun, pre_update=counting, maxiter=12, tol=0.0, jit=False).run(jnp.ones(2))
+    assert len(calls) == 12
+
+
+def test_positional_arguments_follow_the_seed_order():
+    solver = PolyakSGD(LOSS, False, False, 2.0, 1e-6, 0.25, None, 77, 1e-4, 0, False, None, "auto", "auto")
+    assert (solver.max_stepsize, solver.delta, solver.momentum, solver.maxiter, solver.tol) == (2.0, 1e-6, 0.25, 77, 1e-4)
+    assert (solver.fun_min, solver.variant) == (0.0, "SPS_max")
+    with pytest.raises(TypeError): PolyakSGD(LOSS, False, False, 1.0, 0.0, 0.0, None, 10, 1e-3, 0, False, None, "auto", "auto", 0.0)
+
+
+def test_attributes_and_optimality_fun():
+    solver = PolyakSGD(LOSS, max_stepsize=3.0)
+    ref = jaxopt.PolyakSGD(LOSS, max_stepsize=3.0)
+    assert set(solver.attribute_names()) >= set(ref.attribute_names())
+    assert dict(zip(solver.attribute_names(), solver.attribute_values()))["max_stepsize"] == 3.0
+    x, batch = jnp.linspace(-1, 1, 30), _batches(1)[0]
+    np.testing.assert_allclose(solver.optimality_fun(x, data=batch), ref.optimality_fun(x, data=batch), rtol=1e-13)
+    np.testing.assert_allclose(solver.l2_optimality_error(x, data=batch), ref.l2_optimality_error(x, data=batch), rtol=1e-13)
+
+
+@pytest.mark.parametrize("kw,message", [(dict(jit="yes"), "jit must be True, False or 'auto'"),
+                                        (dict(unroll=2), "unroll must be True, False or 'auto'"),
+                                        (dict(implicit_diff_solve=3), "implicit_diff_solve must be a callable")])
+def test_bad_loop_options(kw, message):
+    with pytest.raises(ValueError, match=message): PolyakSGD(LOSS, **kw)
+
+
+def test_implicit_diff_with_a_custom_linear_solve_matches_the_closed_form():
+    X = jnp.array([[1.0, 2.0], [0.5, -1.0], [2.0, 0.3]])
+    y = jnp.array([1.0, 0.0, 2.0])
+    ridge = lambda w, lam: 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w ** 2)
+    exact = lambda lam: jnp.linalg.solve(X.T @ X + lam * jnp.eye(2), X.T @ y)
+    dense = lambda matvec, b: jnp.linalg.solve(jax.jacfwd(matvec)(jnp.zeros_like(b)), b)
+    for solve in (None, dense):
+        solver = PolyakSGD(ridge, maxiter=5000, tol=1e-10, implicit_diff=True, implicit_diff_solve=solve,
+                           fun_min=float(ridge(exact(1.0), 1.0)))
+        got = jax.jacrev(lambda lam: solver.run(jnp.zeros(2), lam).params)(1.0)
+        np.testing.assert_allclose(got, jax.jacrev(exact)(1.0), rtol=1e-7)
