@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
+from types import ModuleType
 from numbers import Integral, Real
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['pd', 'PALETTE', 'as_key', 'as_generator', 'flatten_params', 'check_positive', 'check_in_range', 'check_int',
-           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History', 'patch_to']
+           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History', 'patch_to', 'alias_modules']
 
 # %% ../nbs/00_core.ipynb #f54d1aa3
 def _is_key(x) -> bool:
@@ -226,6 +228,13 @@ def patch_to(cls: type, # the class that receives the method
         setattr(cls, target.__name__, fn)
         return fn
     return attach
+
+# %% ../nbs/00_core.ipynb #88b34ad2
+def alias_modules(package: str, # the package the paths live under, e.g. `"opt_lab.mice"`
+                  aliases: Mapping[str, ModuleType], # path below `package` -> the module it names
+                 ):
+    "Make `import package.path` (and `from package.path import name`) give the module that each alias names."
+    for path, module in aliases.items(): sys.modules.setdefault(f"{package}.{path}", module)
 
 # %% ../nbs/00_core.ipynb #5fdbe92e
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")

@@ -49,11 +49,13 @@ GRAPH = {m: _imports(m) for m in MODULES}
 
 
 def _is_namespace(module: str) -> bool:
-    "A module made only of imports and its `_all_` list (the `opt_lab.optim`, `opt_lab.mice`, `opt_lab.em` namespaces)."
+    "A module made only of imports, its `_all_` list and module aliases (the `opt_lab.optim`, `opt_lab.mice`, `opt_lab.em` namespaces)."
     body = ast.parse(MODULES[module].read_text()).body
     def trivial(node):
         if isinstance(node, (ast.Import, ast.ImportFrom)): return True
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant): return True  # the docstring
+        if isinstance(node, ast.Expr) and getattr(getattr(node.value, "func", None), "id", "") == "alias_modules":
+            return True  # another library's module paths, registered as aliases of the chapters' modules
         return isinstance(node, ast.Assign) and all(getattr(t, "id", "") in ("_all_", "__all__") for t in node.targets)
     return bool(body) and all(trivial(n) for n in body)
 

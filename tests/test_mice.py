@@ -264,12 +264,12 @@ def test_every_event_is_logged_and_drawn():
     est = quad_est(max_cost=30_000, seed=0, policy=DropRestartClipPolicy(clip_type="all"))
     log = run_mice(est, QUAD)
     events = set(log.event)
-    assert {"start", "add", "drop", "restart", "clip", "end"} <= events
+    assert {"start", "add", "dropped", "restart", "clip", "end"} <= events
     per_call = log.groupby("iteration").event.apply(list)
     assert any(len(e) > 1 for e in per_call)  # several events in one call are all kept
     fig, ax = plt.subplots()
     plot_mice(log, ax, "num_grads", "gap")
-    assert {"Start", "Add", "Drop", "Restart", "Clip", "End"} <= set(ax.get_legend_handles_labels()[1])
+    assert {"Start", "Add", "Dropped", "Restart", "Clip", "End"} <= set(ax.get_legend_handles_labels()[1])
     plt.close(fig)
 
 

@@ -94,7 +94,7 @@ def stopping_study(problem: dict, tau: float=1e-2, prob: float=0.05, runs: int=4
     "Run SGD-MICE with the stopping rule `runs` times; report the true gradient norm at the stop and the cost."
     rows = []
     for r in range(runs):
-        est = MICE(problem["grad"], problem["sampler"], stop_crit_norm=tau, stop_crit_prob=prob, max_cost=10**6, seed=seed + r)
+        est = MICE(problem["grad"], problem["sampler"], stop_crit_norm=tau ** 2, stop_crit_prob=prob, max_cost=10**6, seed=seed + r)
         x = problem["x0"].copy()
         while not est.terminate:
             g = est(x)

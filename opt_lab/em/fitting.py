@@ -44,13 +44,15 @@ class EMResult:
         "The mean log-likelihood of the fitted model on the data."
         return float(self.log_likelihoods[-1])
 
-def _rms(v): return jnp.sqrt(jnp.mean(jnp.square(v)))
+def _relative_change(new, old):
+    step, size = jnp.linalg.norm(jnp.ravel(new - old)), jnp.linalg.norm(jnp.ravel(old))
+    # a field that was exactly zero (γ at the moment start) counts as changed by 100 %, not by infinity
+    return jnp.where(size > 0, step / jnp.where(size > 0, size, 1.0), jnp.where(step > 0, 1.0, 0.0))
 
 @jax.jit
 def param_change(new, old) -> jax.Array:
-    "Largest relative RMS change over $(\\mu,\\gamma,\\Sigma)$: $\\mathrm{rms}(\\Delta)/(1+\\mathrm{rms}(\\text{old}))$."
-    return jnp.max(jnp.stack([_rms(n - o) / (1 + _rms(o)) for n, o in
-                              ((new.mu, old.mu), (new.gamma, old.gamma), (new.sigma, old.sigma))]))
+    "The `|Δparams|` of the trace (normix's measure): the largest relative change of a field, $\\max_f\\|f_{new}-f_{old}\\|/\\|f_{old}\\|$."
+    return jnp.max(jnp.stack([_relative_change(n, o) for n, o in zip(new, old)]))
 
 @jax.jit
 def _fit_summary(model, X):

@@ -34,8 +34,8 @@ class MICE:
                  min_batch: int=10, # pilot samples of a new difference level
                  restart_factor: int=10, # a base level starts with `restart_factor * min_batch` samples
                  max_cost: float=math.inf, # hard budget of gradient evaluations
-                 stop_crit_norm: float=0.0, # stop once $\|\nabla F\|$ is below this with probability `1 - stop_crit_prob`; 0 never stops
-                 stop_crit_prob: float=0.05, # allowed probability of stopping with $\|\nabla F\|$ above `stop_crit_norm`
+                 stop_crit_norm: float=0.0, # stop once $\|\nabla F\|^2$ is below this (mice's convention) with probability `1 - stop_crit_prob`; 0 never stops
+                 stop_crit_prob: float=0.05, # allowed probability of stopping with $\|\nabla F\|^2$ above `stop_crit_norm`
                  convex: bool=False, # the norm estimate never increases (gradient descent on a convex function)
                  policy: DropRestartClipPolicy | None=None, # Drop/Restart/Clip parameters; `None` for the defaults
                  recorder: Recorder | None=None, # where events are logged; a fresh `Recorder` by default
@@ -72,14 +72,9 @@ class MICE:
         self.re_quantile, self.re_tot_cost = float(re_quantile), float(re_tot_cost)
         self.policy = policy if policy is not None else DropRestartClipPolicy()
         self.recorder = recorder if recorder is not None else Recorder()
-        self.rng = as_generator(seed)
-        # one stream serves every level of an expectation; a finite sum gets a without-replacement stream per level
-        self._expectation_sampler = None if self.finite else ExpectationSampler(sampler, self.rng)
+        self.rng = as_generator(seed)  # builds the sampling streams (see `rng` below)
         self.norm_estimator = (ResamplingNormEstimator(re_part, re_quantile, 1.0 - stop_crit_prob, self.convex)
                                if self.use_resampling else PlainNormEstimator(self.convex))
-        self._picks = IntegerStream(self.re_part, self.rng)
-        # the levels of a finite sum take their candidate indices from one stream
-        self._candidates = IntegerStream(self.data_size, self.rng) if self.finite else None
         cap = math.inf if self.data_size is None else self.data_size
         self.m_restart_min = int(min(self.restart_factor * self.min_batch, cap))
         self.m_pilot = int(min(self.min_batch, cap))
@@ -120,6 +115,24 @@ def _end(self, reason: str):
     self.terminate, self.terminate_reason = True, reason
 
 # %% ../../nbs/28_mice_estimator.ipynb #32270cb3
+def _use_generator(self, generator: np.random.Generator):
+    if not isinstance(generator, np.random.Generator):
+        raise ValueError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(generator).__name__}")
+    self._rng = generator
+    # one stream serves every level of an expectation; a finite sum gets a without-replacement stream per level,
+    # whose candidate indices come from one stream
+    self._expectation_sampler = None if self.finite else ExpectationSampler(self.sampler, generator)
+    self._picks = IntegerStream(self.re_part, generator)
+    self._candidates = IntegerStream(self.data_size, generator) if self.finite else None
+
+@patch_to(MICE)
+@property
+def rng(self) -> np.random.Generator:
+    "The generator behind every draw; assigning one (mice's way of seeding, `est.rng = np.random.default_rng(s)`) restarts the streams from it."
+    return self._rng
+
+MICE.rng = MICE.rng.setter(_use_generator)
+
 @patch_to(MICE)
 def _new_level(self, x: np.ndarray, cost: int) -> int:
     sampler = FiniteSampler(self.sampler, self.rng, self._candidates) if self.finite else self._expectation_sampler
@@ -200,7 +213,7 @@ def _should_stop(self, estimate: np.ndarray) -> bool:
     "Markov's inequality on the squared error: $P(\\|\\nabla F\\|>\\|\\hat\\nabla F\\|+t)\\le E\\|e\\|^2/t^2$."
     if self.stop_crit_norm <= 0: return False
     bound = math.sqrt(float(estimate @ estimate)) + math.sqrt(self._error() / self.stop_crit_prob)
-    return bound <= self.stop_crit_norm
+    return bound * bound <= self.stop_crit_norm  # a tolerance on the squared norm, as in mice
 
 # %% ../../nbs/28_mice_estimator.ipynb #49fb942e
 @patch_to(MICE)
@@ -212,7 +225,7 @@ def _try_drop(self, x: np.ndarray, tol: float, events: list):
     step_sq = float(step @ step)
     if step_sq == 0:  # the newest iterate repeats the one below it: it carries no information
         st.remove(L - 1)
-        events.append("drop")
+        events.append("dropped")
         return
     # differences of a smooth gradient grow with the step: V(x, y) ~ V_last * |x - y|^2 / |last - below|^2
     v, cost, held = self._levels()
@@ -223,7 +236,7 @@ def _try_drop(self, x: np.ndarray, tol: float, events: list):
     drop_cost = self._plan_cost(v[:-1] + [v_drop], cost[:-1] + [2], held[:-1] + [0], tol)
     if self.policy.drop(keep_cost, drop_cost):
         st.remove(L - 1)
-        events.append("drop")
+        events.append("dropped")
 
 @patch_to(MICE)
 def _plan_cost(self, v, cost, held, tol) -> float:
@@ -317,6 +330,7 @@ def evaluate(self, x, # the current iterate: an array or a pytree of arrays
                            "or build a new estimator")
     flat = self._flat(x)
     st, start = self._stack, self.counter
+    st.start_call()
     events = ["start" if st.size == 0 else "add"]
     if st.size == 0 or st.size + 1 > self.policy.max_hierarchy_size:
         if st.size: events.append("restart")
@@ -367,7 +381,7 @@ def _log(self, events, estimate, tol, norm):
     v = self._levels()[0][-1] if L else math.nan
     row = dict(iteration=self.k, num_grads=self.counter, hier_length=L, grad_norm=float(np.sqrt(estimate @ estimate)),
                norm_estimate=norm, err_tol=tol, err_estimate=math.sqrt(self._error()) if L else math.nan,
-               last_v=v, terminate_reason=self.terminate_reason)
+               vl=v, terminate_reason=self.terminate_reason)
     for e in events: self.recorder.add(event=e, **row)
 
 @patch_to(MICE)
@@ -375,7 +389,8 @@ def _log(self, events, estimate, tol, norm):
 def levels(self) -> tuple:
     "The current index set, oldest level first, as read-only `LevelState` snapshots."
     st = self._stack
-    return () if st is None else tuple(st.level(i) for i in range(st.size))
+    if st is None: return ()
+    return tuple(st.level(i, self.m_restart_min if st.cost[i] == 1 else self.m_pilot) for i in range(st.size))
 
 @patch_to(MICE)
 def get_log(self) -> pd.DataFrame:

@@ -13,9 +13,9 @@ from ..core import pd
 __all__ = ['EVENTS', 'LOG_COLUMNS', 'Recorder']
 
 # %% ../../nbs/26_mice_logging.ipynb #40c0d31a
-EVENTS = ("start", "add", "drop", "restart", "clip", "end")
+EVENTS = ("start", "add", "dropped", "restart", "clip", "end")
 LOG_COLUMNS = ("iteration", "event", "num_grads", "hier_length", "grad_norm", "norm_estimate", "err_tol",
-               "err_estimate", "last_v", "terminate_reason")
+               "err_estimate", "vl", "terminate_reason")
 
 # %% ../../nbs/26_mice_logging.ipynb #849e4169
 @dataclass
@@ -24,7 +24,8 @@ class Recorder:
     events: list[dict] = field(default_factory=list)
 
     def add(self, **fields):
-        "Append one event; unknown keys are kept as extra columns."
+        "Append one event; unknown keys are kept as extra columns (mice's `last_v=` is stored as `vl`, as mice does)."
+        if "last_v" in fields: fields["vl"] = fields.pop("last_v")
         self.events.append(fields)
 
     def as_list(self) -> list[dict]: return self.events

@@ -50,28 +50,25 @@ def resampled_norms(estimate: np.ndarray, # the MICE estimate, shape `(d,)`
     return norms
 
 # %% ../../nbs/24_mice_norms.ipynb #b2b7635b
-def _quantile(sorted_values, q):
-    "Lower empirical quantile of an already sorted vector (cheaper than `np.quantile` on the hot path)."
-    return float(sorted_values[int(q * (len(sorted_values) - 1))])
-
 @dataclass
 class ResamplingNormEstimator:
-    "Turns resampled norms into a low quantile, used for the tolerance, and a high one, reported with the log."
+    "Turns resampled norms into a low quantile, used for the tolerance, and a second one for the stopping rule (mice's quantiles)."
     re_part: int = 5 # partitions per level
     re_quantile: float = 0.05 # quantile of the resampled norms that sets the tolerance
-    stop_quantile: float = 0.95 # quantile reported as `norm_high`
-    convex: bool = False # keep the running minimum of the tolerance norm
+    stop_quantile: float = 0.95 # quantile of the resampled norms returned as the stop norm (reported as `norm_high`)
+    convex: bool = False # keep the running minimum of both quantiles (gradient norms of GD on a convex function do not increase)
     _best_tol: float = float("inf")
+    _best_stop: float = float("inf")
 
     def __post_init__(self):
         check_in_range("re_quantile", self.re_quantile, 0, 1)
         check_in_range("stop_quantile", self.stop_quantile, 0, 1)
 
-    def update_from_norms(self, norms: np.ndarray) -> tuple[float, float]: # `(tol_norm, high_norm)`
+    def update_from_norms(self, norms: np.ndarray) -> tuple[float, float]: # `(tol_norm, stop_norm)`
+        "The two quantiles of `norms` (NumPy's linear interpolation), or their running minima with `convex=True`."
         if norms.size == 0: raise ValueError("norms must hold at least one resampled norm, got an empty array")
-        s = np.sort(norms)
-        tol, high = _quantile(s, self.re_quantile), _quantile(s, self.stop_quantile)
+        tol, stop = np.quantile(norms, (self.re_quantile, self.stop_quantile)).tolist()
         if self.convex:
-            self._best_tol = min(self._best_tol, tol)
-            tol = self._best_tol
-        return tol, high
+            self._best_tol, self._best_stop = min(self._best_tol, tol), min(self._best_stop, stop)
+            return self._best_tol, self._best_stop
+        return tol, stop

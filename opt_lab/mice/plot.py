@@ -12,7 +12,7 @@ from .logging import Recorder
 __all__ = ['EVENT_MARKERS', 'as_log_frame', 'plot_mice']
 
 # %% ../../nbs/27_mice_plot.ipynb #38a977a5
-EVENT_MARKERS = {"start": ("s", "Start"), "add": ("o", "Add"), "drop": ("x", "Drop"), "restart": ("D", "Restart"),
+EVENT_MARKERS = {"start": ("s", "Start"), "add": ("o", "Add"), "dropped": ("x", "Dropped"), "restart": ("D", "Restart"),
                  "clip": ("v", "Clip"), "end": ("*", "End")}
 
 def as_log_frame(data) -> pd.DataFrame:
@@ -27,12 +27,12 @@ def plot_mice(data, # the log: a DataFrame, a `Recorder` or a list of event dict
               x: str, # column for the horizontal axis, e.g. `"num_grads"`
               y: str, # column for the vertical axis
               style: str="loglog", # "loglog", "semilogy", "semilogx" or "plot"
-              markers: bool=True, # mark the start, add, drop, restart, clip and end events
+              markers: bool=True, # mark the start, add, dropped, restart, clip and end events
               legend: bool=True, # draw a legend for the markers
               color: str="C0", # line colour
              ):
     "Plot a MICE log: the last row of every iteration as a line, every event as a marker on it."
-    frame = as_log_frame(data).replace({"event": {"dropped": "drop"}})
+    frame = as_log_frame(data)
     for col in (x, y):
         if col not in frame.columns: raise ValueError(f"column {col!r} is not in the log; it has {list(frame.columns)}")
     if style not in ("loglog", "semilogy", "semilogx", "plot"):

@@ -5,6 +5,9 @@
 # %% ../../nbs/22_mice_state.ipynb #3006acd4
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dataclasses import dataclass
 from functools import lru_cache
 import math
@@ -133,15 +136,39 @@ class ResamplingAcc:
 # %% ../../nbs/22_mice_state.ipynb #da8b764d
 @dataclass(frozen=True)
 class LevelState:
-    "A read-only view of one level of the hierarchy: $\\Delta_\\ell=\\nabla f(x_\\ell,\\theta)-\\nabla f(x_{\\ell-1},\\theta)$, or $\\nabla f(x_\\ell,\\theta)$ on the base level."
+    "One level of the hierarchy in mice's form: $\\Delta_\\ell=\\nabla f(x_\\ell,\\theta)-\\nabla f(x_{\\ell-1},\\theta)$, or $\\nabla f(x_\\ell,\\theta)$ on the base level."
     x: np.ndarray # the iterate $x_\ell$
-    x_prev: np.ndarray | None # the iterate of the level below, `None` on the base level
     cost: int # gradient evaluations per sample: 1 on the base level, 2 on a difference level
-    m: int # samples held $M_\ell$
-    mean_delta: np.ndarray # sample mean of $\Delta_\ell$
-    v_delta: float # $V_\ell$, the summed coordinate variances of $\Delta_\ell$
-    mean_grad: np.ndarray # sample mean of $\nabla f(x_\ell,\theta)$ on the same samples
-    v_grad: float # summed coordinate variances of $\nabla f(x_\ell,\theta)$
+    x_prev: np.ndarray | None # the iterate of the level below, `None` on the base level
+    sample_fn: Callable[[int], Any] | None # `n -> batch`: the level's own stream of samples
+    delta_stats: WelfordVec # running mean and squared deviations of $\Delta_\ell$
+    base_stats: WelfordVec | None # the same for $\nabla f(x_\ell,\theta)$ on a difference level (what Restart and Clip read); `None` on the base level
+    m_min: int # the samples a level of its kind starts with
+    delta_resamp: ResamplingAcc | None = None # partition sums of $\Delta_\ell$ for the resampling norm estimate
+    base_resamp: ResamplingAcc | None = None # partition sums of $\nabla f(x_\ell,\theta)$ on a difference level
+    m_prev: int = 0 # samples the level held when the previous call began
+
+    @property
+    def m(self) -> int: return self.delta_stats.n
+
+    @property
+    def mean_delta(self) -> np.ndarray: return self.delta_stats.mean
+
+    @property
+    def v_delta(self) -> float: return self.delta_stats.var_sum
+
+    @property
+    def v_base(self) -> float: return (self.base_stats or self.delta_stats).var_sum
+
+    @property
+    def v_batch(self) -> float: return self.v_base  # the variance that sizes a restart: that of the gradients at $x_\ell$
+
+    @property
+    def mean_grad(self) -> np.ndarray: return (self.base_stats or self.delta_stats).mean
+
+    def delta_loo_means(self) -> np.ndarray | None:
+        "The leave-one-partition-out means of $\\Delta_\\ell$, if the level keeps partition sums."
+        return None if self.delta_resamp is None else self.delta_resamp.loo_means()
 
 # %% ../../nbs/22_mice_state.ipynb #17ba9dfc
 class LevelStack:
@@ -159,12 +186,13 @@ class LevelStack:
 
     # per row: the iterate, samples held and their cost; shifted sums (total, per partition, of squares); and factors
     # that depend on the count alone, set when it changes so that a summary needs no count arithmetic
-    _ROW_ARRAYS = ("x", "n", "cost", "shift", "psum", "sq", "inv_n", "inv_nm1", "few", "loo_part", "loo_full")
+    _ROW_ARRAYS = ("x", "n", "n_prev", "cost", "shift", "psum", "sq", "inv_n", "inv_nm1", "few", "loo_part", "loo_full")
 
     def _alloc(self, cap):
         d2, P = 2 * self.dim, self.parts
         old = getattr(self, "x", None)
-        arrays = dict(x=np.zeros((cap, self.dim)), n=np.zeros(cap, np.int64), cost=np.zeros(cap, np.int64),
+        arrays = dict(x=np.zeros((cap, self.dim)), n=np.zeros(cap, np.int64), n_prev=np.zeros(cap, np.int64),
+                      cost=np.zeros(cap, np.int64),
                       shift=np.zeros((cap, d2)), psum=np.zeros((cap, P + 1, d2)),  # partition sums, then their total
                       sq=np.zeros((cap, d2)), inv_n=np.zeros(cap), inv_nm1=np.zeros(cap), few=np.zeros(cap),
                       loo_part=np.zeros((cap, P)), loo_full=np.zeros(cap))
@@ -176,7 +204,7 @@ class LevelStack:
         "Add an empty level at `x` and return its row."
         if self.size == len(self.n): self._alloc(2 * len(self.n))
         i = self.size
-        self.x[i], self.cost[i] = x, cost
+        self.x[i], self.cost[i], self.n_prev[i] = x, cost, 0
         self.shift[i], self.psum[i], self.sq[i] = 0.0, 0.0, 0.0  # an empty level has mean zero
         self._set_count(i, 0)
         self.samplers.append(sampler)
@@ -196,6 +224,10 @@ class LevelStack:
         q, r = divmod(n, P)  # the first r partitions hold q + 1 samples, the others q
         self.loo_part[i] = [root / max(n - q - 1, 1)] * r + [root / max(n - q, 1)] * (P - r)  # over the samples kept
         self.loo_full[i] = root / max(n, 1)
+
+    def start_call(self):
+        "Record the sizes held as the estimator's call begins (each level's `m_prev`)."
+        self.n_prev[:self.size] = self.n[:self.size]
 
     def __len__(self): return self.size
 
@@ -271,14 +303,6 @@ def estimate(self) -> np.ndarray:
     return self.means()[:, :self.dim].sum(axis=0)
 
 @patch_to(LevelStack)
-def level(self, i: int) -> LevelState:
-    "A read-only view of level `i`."
-    d, (mean, v, _) = self.dim, self._summaries()
-    return LevelState(x=_frozen(self.x[i]), x_prev=_frozen(self.x[i - 1]) if i > 0 else None,
-                      cost=int(self.cost[i]), m=int(self.n[i]), mean_delta=_frozen(mean[i, :d]), v_delta=float(v[i, 0]),
-                      mean_grad=_frozen(mean[i, d:]), v_grad=float(v[i, 1]))
-
-@patch_to(LevelStack)
 def all_zero(self) -> bool:
     "Whether every difference absorbed so far is exactly zero (no level carries any information)."
     L, d = self.size, self.dim
@@ -295,11 +319,26 @@ def welford(self, i: int, # the row
     return WelfordVec(shift + total / max(n, 1), self.sq[i, cols] - total * total / max(n, 1), n)
 
 @patch_to(LevelStack)
-def resampling(self, i: int) -> ResamplingAcc:
-    "Level `i`'s partition sums of $\\Delta$ as a `ResamplingAcc` (the shift added back)."
-    n, d, P = int(self.n[i]), self.dim, self.parts
-    counts, shift = partition_counts(n, P), self.shift[i, :d]
-    return ResamplingAcc(P, self.psum[i, P, :d] + n * shift, n, self.psum[i, :P, :d] + counts[:, None] * shift, counts)
+def resampling(self, i: int, # the row
+               column: int=0, # the differences (0) or the gradients (1)
+              ) -> ResamplingAcc:
+    "Level `i`'s partition sums as a `ResamplingAcc` (the shift added back)."
+    n, P, cols = int(self.n[i]), self.parts, slice(column * self.dim, (column + 1) * self.dim)
+    counts, shift = partition_counts(n, P), self.shift[i, cols]
+    return ResamplingAcc(P, self.psum[i, P, cols] + n * shift, n, self.psum[i, :P, cols] + counts[:, None] * shift, counts)
+
+@patch_to(LevelStack)
+def level(self, i: int, # the row
+          m_min: int=0, # what a level of its kind starts with (the estimator knows; the stack does not)
+         ) -> LevelState:
+    "A read-only snapshot of level `i` as mice's `LevelState`."
+    frozen = lambda w: WelfordVec(_frozen(w.mean), _frozen(w.m2), w.n)
+    difference = i > 0
+    return LevelState(x=_frozen(self.x[i]), cost=int(self.cost[i]), x_prev=_frozen(self.x[i - 1]) if difference else None,
+                      sample_fn=self.samplers[i], delta_stats=frozen(self.welford(i)),
+                      base_stats=frozen(self.welford(i, column=1)) if difference else None, m_min=m_min,
+                      delta_resamp=self.resampling(i), base_resamp=self.resampling(i, column=1) if difference else None,
+                      m_prev=int(self.n_prev[i]))
 
 # %% ../../nbs/22_mice_state.ipynb #0333a0ec
 @patch_to(LevelStack)

@@ -1,0 +1,79 @@
+"""Every name, parameter and default of the five seed APIs (../shared/seeds/, transcribed here so that a clean
+checkout carries them), checked against opt_lab's objects at the seed's module paths with only the prefix changed."""
+import importlib
+import inspect
+import math
+
+import pytest
+
+FACTORY = object()  # the seed's `<factory>` default: a fresh object per call (opt_lab's `None` builds the same)
+
+# (module, name, [(parameter, default)...] in the seed's positional order); `inspect.Parameter.empty` = required
+SEEDS = {
+    "mice": [
+        ("opt_lab.mice.core_impl", "MICE", [("grad", inspect.Parameter.empty), ("sampler", inspect.Parameter.empty),
+            ("eps", 0.577), ("min_batch", 10), ("restart_factor", 10), ("max_cost", math.inf), ("stop_crit_norm", 0.0),
+            ("stop_crit_prob", 0.05), ("convex", False), ("policy", FACTORY), ("recorder", None), ("use_resampling", True),
+            ("re_part", 5), ("re_quantile", 0.05), ("re_tot_cost", 0.2), ("re_min_n", 5), ("re_max_samp", 1000),
+            ("max_grad_batch_elems", 5_000_000)]),
+        ("opt_lab.mice.core", "MICE", None),
+        ("opt_lab.mice.policy", "DropRestartClipPolicy", [("drop_param", 0.5), ("restart_param", 0.0),
+            ("max_hierarchy_size", 1000), ("aggr_cost", 0.1), ("clip_type", None), ("clip_every", 0)]),
+        ("opt_lab.mice.norms", "PlainNormEstimator", [("convex", False), ("_best", math.inf)]),
+        ("opt_lab.mice.norms", "ResamplingNormEstimator", [("re_part", 5), ("re_quantile", 0.05), ("stop_quantile", 0.95),
+            ("convex", False), ("_best_tol", math.inf), ("_best_stop", math.inf)]),
+        ("opt_lab.mice.state", "WelfordVec", [("mean", inspect.Parameter.empty), ("m2", inspect.Parameter.empty), ("n", 0)]),
+        ("opt_lab.mice.state", "ResamplingAcc", [("re_part", inspect.Parameter.empty), ("sum_total", inspect.Parameter.empty),
+            ("cnt_total", inspect.Parameter.empty), ("sum_part", inspect.Parameter.empty), ("cnt_part", inspect.Parameter.empty)]),
+        ("opt_lab.mice.state", "LevelState", [("x", inspect.Parameter.empty), ("cost", inspect.Parameter.empty),
+            ("x_prev", inspect.Parameter.empty), ("sample_fn", inspect.Parameter.empty), ("delta_stats", inspect.Parameter.empty),
+            ("base_stats", inspect.Parameter.empty), ("m_min", inspect.Parameter.empty), ("delta_resamp", None),
+            ("base_resamp", None), ("m_prev", 0)]),
+        ("opt_lab.mice.logging", "Recorder", [("events", FACTORY)]),
+        ("opt_lab.mice.plot_mice", "plot_mice", [("data", inspect.Parameter.empty), ("ax", inspect.Parameter.empty),
+            ("x", inspect.Parameter.empty), ("y", inspect.Parameter.empty), ("style", "loglog"), ("markers", True),
+            ("legend", True), ("color", "C0")]),
+    ],
+    "jaxopt": [
+        ("opt_lab.optim", "PolyakSGD", [("fun", inspect.Parameter.empty), ("value_and_grad", False), ("has_aux", False),
+            ("max_stepsize", 1.0), ("delta", 0.0), ("momentum", 0.0), ("pre_update", None), ("maxiter", 500), ("tol", 0.001),
+            ("verbose", 0), ("implicit_diff", False), ("implicit_diff_solve", None), ("jit", "auto"), ("unroll", "auto")]),
+    ],
+}
+METHODS = {
+    ("opt_lab.mice.core_impl", "MICE"): ["evaluate", "get_log", "policy"],
+    ("opt_lab.mice.state", "WelfordVec"): ["zeros", "update_batch", "var_sum"],
+    ("opt_lab.mice.state", "ResamplingAcc"): ["zeros", "update_batch", "loo_means"],
+    ("opt_lab.mice.state", "LevelState"): ["m", "v_delta", "v_base", "v_batch", "mean_delta", "delta_loo_means"],
+    ("opt_lab.mice.logging", "Recorder"): ["add", "as_list"],
+    ("opt_lab.mice.norms", "ResamplingNormEstimator"): ["update_from_norms"],
+    ("opt_lab.mice.norms", "PlainNormEstimator"): ["update"],
+    ("opt_lab.optim", "PolyakSGD"): ["attribute_names", "attribute_values", "init_state", "l2_optimality_error",
+                                     "optimality_fun", "run", "run_iterator", "update", "fun", "delta", "has_aux",
+                                     "implicit_diff", "implicit_diff_solve", "jit", "max_stepsize", "maxiter", "momentum",
+                                     "pre_update", "tol", "unroll", "value_and_grad", "verbose"],
+}
+ROWS = [(system, *row) for system, rows in SEEDS.items() for row in rows]
+
+
+@pytest.mark.parametrize("system,module,name,params", ROWS, ids=[f"{r[0]}:{r[1]}.{r[2]}" for r in ROWS])
+def test_seed_signature(system, module, name, params):
+    obj = getattr(importlib.import_module(module), name)
+    if params is None: return  # an alias path: the same object as the row above
+    sig = list(inspect.signature(obj).parameters.values())
+    got = [(p.name, p.default) for p in sig[:len(params)]]
+    assert [g[0] for g in got] == [p[0] for p in params], f"{name}: parameters {[g[0] for g in got]}"
+    for (pname, want), (_, default) in zip(params, got):
+        if want is FACTORY: assert default is None or repr(default) == "<factory>", f"{name}({pname}=...): {default!r}"
+        else: assert default == want, f"{name}({pname}=...): default {default!r}, the seed has {want!r}"
+
+
+@pytest.mark.parametrize("key", list(METHODS), ids=[f"{k[0]}.{k[1]}" for k in METHODS])
+def test_seed_methods_and_attributes(key):
+    module, name = key
+    cls = getattr(importlib.import_module(module), name)
+    if name == "PolyakSGD": target = cls(lambda x: (x ** 2).sum())
+    elif name == "MICE": target = cls(lambda x, t: t[:, None] * x, lambda n: [1.0] * n)
+    else: target = cls
+    missing = [m for m in METHODS[key] if not hasattr(target, m)]
+    assert not missing, f"{name} lacks {missing}"
