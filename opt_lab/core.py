@@ -234,7 +234,13 @@ def alias_modules(package: str, # the package the paths live under, e.g. `"opt_l
                   aliases: Mapping[str, ModuleType], # path below `package` -> the module it names
                  ):
     "Make `import package.path` (and `from package.path import name`) give the module that each alias names."
-    for path, module in aliases.items(): sys.modules.setdefault(f"{package}.{path}", module)
+    for path, module in aliases.items():  # a parent path comes before its children
+        name = f"{package}.{path}"
+        sys.modules.setdefault(name, module)
+        parent, _, leaf = name.rpartition(".")
+        # the attribute makes `package.path.name` reachable after a plain `import`; a name the parent already
+        # defines (mice's `plot_mice` is both a module and a function) keeps its meaning
+        if parent in sys.modules and not hasattr(sys.modules[parent], leaf): setattr(sys.modules[parent], leaf, module)
 
 # %% ../nbs/00_core.ipynb #5fdbe92e
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")

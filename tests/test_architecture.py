@@ -1,5 +1,5 @@
-"""The package's architecture, enforced: two layers (library and book), no import cycles, chapters in
-dependency order, and imports without side effects on JAX or on what gets loaded."""
+"""The package's architecture, enforced: the library, the book above it and the compatibility layer above both, no
+import cycles, chapters in dependency order, and imports without side effects on JAX or on what gets loaded."""
 import ast
 import json
 import re
@@ -21,7 +21,8 @@ def _module_name(path: Path) -> str:
 
 MODULES = {_module_name(p): p for p in sorted(PKG.rglob("*.py")) if p.name != "_modidx.py"}
 BOOK = sorted(m for m in MODULES if m.startswith("opt_lab.book"))
-LIBRARY = sorted(m for m in MODULES if m not in BOOK)
+COMPAT = sorted(m for m in MODULES if m.startswith("opt_lab.compat"))
+LIBRARY = sorted(m for m in MODULES if m not in BOOK and m not in COMPAT)
 
 
 def _resolve(module: str, node: ast.ImportFrom) -> str:
@@ -63,6 +64,12 @@ def _is_namespace(module: str) -> bool:
 def test_the_package_has_both_layers():
     assert {"opt_lab.core", "opt_lab.optim", "opt_lab.mice", "opt_lab.em"} <= set(LIBRARY)
     assert {"opt_lab.book.display", "opt_lab.book.problems", "opt_lab.book.optim_race"} <= set(BOOK)
+    assert {"opt_lab.compat.jaxopt", "opt_lab.compat.mice"} <= set(COMPAT)
+
+
+@pytest.mark.parametrize("module", LIBRARY + BOOK)
+def test_nothing_below_imports_the_compatibility_layer(module):
+    assert not [n for n in GRAPH[module] if n.startswith("opt_lab.compat")], f"{module} imports the compatibility layer"
 
 
 def test_no_import_cycles():
@@ -109,7 +116,7 @@ def _fresh_import(*modules) -> dict:
 
 
 def test_the_library_loads_no_plotting_widget_or_table_code():
-    result = _fresh_import(*LIBRARY)
+    result = _fresh_import(*LIBRARY, *COMPAT)  # the compatibility modules import the book lazily, if at all
     assert result["loaded"] == [], f"importing the library loaded {result['loaded']}"
 
 

@@ -1,4 +1,4 @@
-"""A mice 1.0.5 user's script with only the import prefix changed (`mice.` -> `opt_lab.mice.`), run beside mice
+"""A mice 1.0.5 user's script with only the import prefix changed (`mice.` -> `opt_lab.compat.mice.`), run beside mice
 itself (a test-only oracle), and the seed's accumulators and estimators checked number for number."""
 import importlib
 
@@ -11,7 +11,7 @@ import pytest
 
 mice = pytest.importorskip("mice")
 REF = {m: importlib.import_module(f"mice.{m}") for m in ("core_impl", "core", "policy", "norms", "state", "logging", "plot_mice")}
-OURS = {m: importlib.import_module(f"opt_lab.mice.{m}") for m in REF}
+OURS = {m: importlib.import_module(f"opt_lab.compat.mice.{m}") for m in REF}
 
 
 def grad(x, thetas): return thetas[:, None] * x   # f(x, θ) = θ|x|²/2 with θ ~ U(0, 1): ∇F(x) = x/2

@@ -8,8 +8,6 @@ __all__ = ['MICE', 'per_sample_grad', 'EVENTS', 'LOG_COLUMNS', 'Recorder', 'Plai
            'optimal_sample_sizes', 'LevelStack', 'LevelState', 'ResamplingAcc', 'WelfordVec']
 
 # %% ../../nbs/20_mice.ipynb #1293bf54
-from ..core import alias_modules
-from . import estimator, plot
 from .estimator import MICE, per_sample_grad
 from .logging import EVENTS, LOG_COLUMNS, Recorder
 from .norms import PlainNormEstimator, ResamplingNormEstimator
@@ -23,6 +21,3 @@ from .state import LevelStack, LevelState, ResamplingAcc, WelfordVec
 _all_ = ["MICE", "per_sample_grad", "EVENTS", "LOG_COLUMNS", "Recorder", "PlainNormEstimator", "ResamplingNormEstimator",
          "plot_mice", "DropRestartClipPolicy", "ExpectationSampler", "FiniteSampler", "extra_cost", "mice_error",
          "optimal_sample_sizes", "LevelStack", "LevelState", "ResamplingAcc", "WelfordVec"]
-
-# %% ../../nbs/20_mice.ipynb #db1f2f11
-alias_modules("opt_lab.mice", {"core_impl": estimator, "core": estimator, "plot_mice": plot})  # mice 1.0.5's module paths
