@@ -124,13 +124,13 @@ def eta0_from_model(model) -> MixtureEta:
     "The model's own expectation parameters."
     return model.expectation_params()
 
-def eta0_with_sigma(model, sigma0) -> MixtureEta:
-    "The model's η with the dispersion `sigma0` (symmetric positive definite) in $E[XX^\\top/W]$."
-    sigma0 = np.asarray(sigma0, dtype=np.float64)
+def eta0_with_sigma(model, Sigma0) -> MixtureEta:  # normix's parameter name
+    "The model's η with the dispersion `Sigma0` (symmetric positive definite) in $E[XX^\\top/W]$."
+    sigma0 = np.asarray(Sigma0, dtype=np.float64)
     d = model.mu.shape[0]
-    if sigma0.shape != (d, d): raise ValueError(f"sigma0 must have shape ({d}, {d}), got {sigma0.shape}")
+    if sigma0.shape != (d, d): raise ValueError(f"Sigma0 must have shape ({d}, {d}), got {sigma0.shape}")
     if not np.isfinite(sigma0).all() or not np.allclose(sigma0, sigma0.T) or np.linalg.eigvalsh(sigma0).min() <= 0:
-        raise ValueError("sigma0 must be finite, symmetric and positive definite")
+        raise ValueError("Sigma0 must be finite, symmetric and positive definite")
     return model.expectation_params(sigma=jnp.asarray(sigma0))
 
 def eta0_isotropic(model, sigma2: float) -> MixtureEta:
