@@ -107,3 +107,31 @@ def test_the_estimators_levels_are_level_states():
     assert all(isinstance(lvl, OURS["state"].LevelState) for lvl in levels)
     assert levels[0].base_stats is None and levels[0].m_min == est.m_restart_min
     assert all(lvl.m_min == est.m_pilot and lvl.base_stats is not None for lvl in levels[1:])
+
+
+# mice 1.0.5's measured failures stay fixed through the seed-named API
+
+
+def test_finite_sum_levels_draw_their_own_samples_without_replacement():
+    data = np.arange(40.0)
+    drawn = []
+    def grad(x, thetas):
+        drawn.append(np.asarray(thetas).copy())
+        return np.ones((len(thetas), 1)) * x
+    est = OURS["core_impl"].MICE(grad, data, eps=0.3, max_cost=2000, seed=0)
+    for x in ([1.0], [0.9], [0.8]): est.evaluate(np.array(x))
+    levels = est.levels
+    assert all(lvl.m <= 40 for lvl in levels)
+    # each level's samples come from a stream of its own: a level never holds a point twice
+    per_level = {}
+    for lvl in levels: per_level.setdefault(id(lvl.sample_fn), lvl)
+    assert len(per_level) == len(levels)
+
+
+def test_zero_variance_and_nonfinite_gradients_are_handled():
+    est = OURS["core_impl"].MICE(lambda x, t: np.zeros((len(t), 2)), lambda n: np.ones(n), seed=0)
+    np.testing.assert_array_equal(est.evaluate(np.ones(2)), 0.0)           # mice: ZeroDivisionError
+    assert est.terminate_reason.startswith("zero_gradient")
+    bad = OURS["core_impl"].MICE(lambda x, t: np.full((len(t), 2), np.nan), lambda n: np.ones(n), seed=0)
+    g = bad.evaluate(np.ones(2))                                           # mice: a silent NaN estimate
+    assert np.isfinite(g).all() and bad.terminate_reason.startswith("nonfinite_gradient")

@@ -149,22 +149,34 @@ class LevelState:
     m_prev: int = 0 # samples the level held when the previous call began
 
     @property
-    def m(self) -> int: return self.delta_stats.n
+    def m(self) -> int:
+        "Samples held $M_\\ell$."
+        return self.delta_stats.n
 
     @property
-    def mean_delta(self) -> np.ndarray: return self.delta_stats.mean
+    def mean_delta(self) -> np.ndarray:
+        "Sample mean of $\\Delta_\\ell$."
+        return self.delta_stats.mean
 
     @property
-    def v_delta(self) -> float: return self.delta_stats.var_sum
+    def v_delta(self) -> float:
+        "$V_\\ell$, the summed coordinate variances of $\\Delta_\\ell$."
+        return self.delta_stats.var_sum
 
     @property
-    def v_base(self) -> float: return (self.base_stats or self.delta_stats).var_sum
+    def v_base(self) -> float:
+        "Summed variances of $\\nabla f(x_\\ell,\\theta)$ (of $\\Delta_\\ell$ on the base level, where they coincide)."
+        return (self.base_stats or self.delta_stats).var_sum
 
     @property
-    def v_batch(self) -> float: return self.v_base  # the variance that sizes a restart: that of the gradients at $x_\ell$
+    def v_batch(self) -> float:
+        "The variance that sizes a restart: that of the gradients at $x_\\ell$ (mice's name)."
+        return self.v_base
 
     @property
-    def mean_grad(self) -> np.ndarray: return (self.base_stats or self.delta_stats).mean
+    def mean_grad(self) -> np.ndarray:
+        "Sample mean of $\\nabla f(x_\\ell,\\theta)$."
+        return (self.base_stats or self.delta_stats).mean
 
     def delta_loo_means(self) -> np.ndarray | None:
         "The leave-one-partition-out means of $\\Delta_\\ell$, if the level keeps partition sums."
