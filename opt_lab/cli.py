@@ -6,18 +6,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['BENCHMARKS', 'process_notebooks', 'strip_order_prefixes', 'render_site', 'build_docs', 'notebook_markdown',
-           'readme_path', 'write_readme', 'tree_fingerprint', 'changed_files', 'run_checks', 'run_benchmark', 'main']
+__all__ = ['BENCHMARKS', 'process_notebooks', 'strip_order_prefixes', 'katex_assets', 'localize_site', 'render_site',
+           'build_docs', 'notebook_markdown', 'readme_path', 'write_readme', 'tree_fingerprint', 'changed_files',
+           'test_notebooks', 'run_checks', 'run_benchmark', 'main']
 
 # %% ../nbs/90_cli.ipynb #84da9025
 def _config():
@@ -52,6 +58,52 @@ def strip_order_prefixes(proc: Path, # the processed notebooks folder
         sidebar.write_text(text)
     return renamed
 
+# %% ../nbs/90_cli.ipynb #703b4f0d
+def katex_assets(version: str, # the KaTeX release, e.g. "0.16.11"
+                 cache: Path | None=None, # where fetched releases are kept; `~/.cache/opt_lab` if `None`
+                ) -> Path: # a folder with katex.min.js, katex.min.css, contrib/ and fonts/
+    "KaTeX's built files for the offline site, fetched once from the npm registry (`npm pack`) and cached."
+    cache = Path(cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "opt_lab")
+    target = cache / f"katex-{version}"
+    if (target / "katex.min.js").exists(): return target
+    npm = shutil.which("npm")
+    if npm is None: raise SystemExit("the offline site bundles KaTeX from the npm registry: install Node.js and npm (Debian: apt-get install npm)")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([npm, "pack", f"katex@{version}", "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        with tarfile.open(next(Path(tmp).glob("katex-*.tgz"))) as tar:
+            wanted = [m for m in tar.getmembers() if re.fullmatch(r"package/dist/(katex\.min\.(js|css)|contrib/auto-render\.min\.js|fonts/.+\.woff2)", m.name)]
+            tar.extractall(tmp, members=wanted, filter="data")
+        staged = Path(tmp) / "package" / "dist"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(staged, target)
+    return target
+
+_FAVICON = '<link rel="icon" href="data:,">'
+
+def localize_site(site: Path, # the built site
+                  katex_cdn: str, # the KaTeX address the pages link
+                  katex: Path, # local KaTeX files (`katex_assets`)
+                  published: str, # the published site's address, e.g. "https://user.github.io/repo"
+                 ) -> dict: # pages rewritten and links made local
+    "Serve KaTeX from the site, point links to the published site at the local pages, add a favicon to every page, and drop web-font imports."
+    shutil.copytree(katex, site / "site_libs" / "katex", dirs_exist_ok=True)
+    for css in site.rglob("*.css"):  # the Bootswatch theme imports Google's fonts; the system's sans-serif stands in
+        text = css.read_text(errors="replace")
+        kept = re.sub(r"@import\s+url\(['\"]?https?://[^)]*\)\s*;", "", text)
+        if kept != text: css.write_text(kept)
+    pages = links = 0
+    for page in site.rglob("*.html"):
+        root = os.path.relpath(site, page.parent).replace(os.sep, "/") + "/"
+        root = "" if root == "./" else root
+        html = page.read_text()
+        new = html.replace(katex_cdn, f"{root}site_libs/katex")
+        new, n = re.subn(re.escape(published.rstrip("/")) + r"/", root, new)
+        if "<head>" in new and 'rel="icon"' not in new: new = new.replace("<head>", "<head>" + _FAVICON, 1)
+        if new != html: page.write_text(new); pages += 1
+        links += n
+    return dict(pages=pages, links=links)
+
 # %% ../nbs/90_cli.ipynb #b4666182
 def render_site(proc: Path, # the processed notebooks (output of `process_notebooks`)
                 engine: str="auto", # "quarto", "offline" or "auto" (Quarto when it is on `PATH`)
@@ -65,9 +117,11 @@ def render_site(proc: Path, # the processed notebooks (output of `process_notebo
     if engine == "quarto":
         subprocess.run(["quarto", "render", "--no-cache"], cwd=proc, check=True)
     else:
-        import smalldocs.site
+        import smalldocs.layout, smalldocs.site
         strip_order_prefixes(proc)
         smalldocs.site.build(proc, quiet=True)
+        cdn = smalldocs.layout.KATEX
+        localize_site(built, cdn, katex_assets(re.search(r"katex@([\d.]+)", cdn).group(1)), cfg.doc_host + cfg.doc_baseurl)
     shutil.rmtree(cfg.doc_path, ignore_errors=True)
     shutil.move(str(built), str(cfg.doc_path))
     return cfg.doc_path / "index.html", engine
@@ -145,10 +199,38 @@ def _step(title, cmd, cwd):
     print(f"== {title}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {time.perf_counter() - t0:.1f}s", flush=True)
     return code
 
+# %% ../nbs/90_cli.ipynb #e78e1a91
+def _test_notebook(path: Path, skip_flags: list, basepath: Path) -> tuple[bool, float, str]:
+    "Run one notebook's tests as `nbdev_test` does, keeping what it prints for the report."
+    from nbdev.test import test_nb
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        ok, seconds = test_nb(path, skip_flags=skip_flags, basepath=basepath)
+    return ok, seconds, printed.getvalue()
+
+def test_notebooks(notebooks: list[Path], # the notebooks to test
+                   workers: int | None=None, # parallel processes; the CPU count (at most 8) if `None`
+                  ) -> int: # the number that failed
+    "Test every notebook, printing a line per notebook as it finishes, and the output of those that fail."
+    cfg, notebooks = _config(), [Path(p).absolute() for p in notebooks]
+    workers = workers or min(os.cpu_count() or 1, 8)
+    failed, t0 = [], time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        runs = {pool.submit(_test_notebook, p, cfg.tst_flags.split(), cfg.config_path): p for p in notebooks}
+        for done, run in enumerate(as_completed(runs), start=1):
+            ok, seconds, printed = run.result()
+            print(f"  [{done:2d}/{len(runs)}] {runs[run].name:34s} {'ok' if ok else 'FAILED':6s} {seconds:6.1f}s", flush=True)
+            if not ok:
+                failed.append(runs[run].name)
+                print(printed[-4000:], flush=True)
+    print(f"{len(notebooks) - len(failed)} of {len(notebooks)} notebooks passed in {time.perf_counter() - t0:.1f}s"
+          + (f"; failed: {', '.join(sorted(failed))}" if failed else ""), flush=True)
+    return len(failed)
+
 # %% ../nbs/90_cli.ipynb #5104cecb
 def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
               ) -> int: # 0 when everything passed
-    "Clean/export leave the tree unchanged, `nbdev_test` passes on ≥ 1 notebook, `pytest tests/` passes."
+    "Clean/export leave the tree unchanged, every notebook's tests pass (and there are some), `pytest tests/` passes."
     from nbdev.doclinks import nbglob
     cfg = _config()
     root, watched = cfg.config_path, (cfg.nbs_path, cfg.lib_path)
@@ -164,8 +246,8 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
     if not notebooks:
         print(f"nbdev_test would find no notebooks under {cfg.nbs_path}")
         return 1
-    print(f"\n{len(notebooks)} notebooks to test")
-    if _step("nbdev_test", [_script("nbdev_test"), "--timing"], root): return 1
+    print(f"\n== notebooks: {len(notebooks)} to test", flush=True)
+    if test_notebooks(notebooks): return 1
     code = _step("pytest", [sys.executable, "-m", "pytest", "tests", *pytest_args], root)
     print(f"\nAll checks {'passed' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     return code
@@ -189,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("docs", help="build the website into _docs/ and print the path of index.html")
     docs.add_argument("--engine", choices=["auto", "quarto", "offline"], default="auto",
                       help="renderer: Quarto, the offline smalldocs preview, or auto (Quarto when on PATH)")
-    sub.add_parser("test", help="clean/export in sync, nbdev_test, pytest tests/ (incl. the browser check); "
+    sub.add_parser("test", help="clean/export in sync, every notebook's tests (a line each), pytest tests/ (incl. the browser check); "
                    "further arguments go to pytest")
     bench = sub.add_parser("bench", help="print a benchmark table measured side by side with the reference library")
     bench.add_argument("target", choices=sorted(BENCHMARKS), help="what to benchmark")

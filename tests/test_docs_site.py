@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "_docs"
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--virtual-time-budget=10000"]  # the page's scripts (KaTeX's auto-render among them) run before the dump
+ARTEFACTS = ROOT / "_artefacts"  # screenshots kept from the run (not committed)
 
 if BROWSER is None:
     if os.environ.get("OPT_LAB_REQUIRE_BROWSER") == "1":
@@ -28,16 +30,26 @@ if BROWSER is None:
 
 
 class _Dom(HTMLParser):
-    "Ids, image sources and the text of <pre> blocks of an HTML document."
+    "Ids, image sources, the text of <pre> blocks, the prose a reader sees, and KaTeX's output of an HTML document."
+    _UNSEEN = {"script", "style", "pre", "code", "annotation"}  # not prose: code, and the TeX source KaTeX keeps
+
     def __init__(self):
         super().__init__()
         self.ids, self.img_srcs, self.pre_texts, self.h1, self._pre_depth, self._in_h1 = set(), [], [], "", 0, False
+        self.prose, self.formulas, self.formula_errors, self.loads, self._unseen = "", 0, 0, [], []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if "id" in attrs: self.ids.add(attrs["id"])
+        classes = (attrs.get("class") or "").split()
+        self.formulas += "katex" in classes
+        self.formula_errors += "katex-error" in classes
         if tag == "img": self.img_srcs.append(attrs.get("src") or "")
+        if tag in ("script", "img", "iframe") and attrs.get("src"): self.loads.append(attrs["src"])
+        if tag == "link" and attrs.get("href") and set((attrs.get("rel") or "").split()) & {"stylesheet", "icon", "preload", "modulepreload"}:
+            self.loads.append(attrs["href"])
         if tag == "h1": self._in_h1 = True
+        if tag in self._UNSEEN: self._unseen.append(tag)
         if tag == "pre":
             self._pre_depth += 1
             self.pre_texts.append("")
@@ -45,10 +57,12 @@ class _Dom(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "pre": self._pre_depth -= 1
         if tag == "h1": self._in_h1 = False
+        if tag in self._UNSEEN and tag in self._unseen: del self._unseen[len(self._unseen) - 1 - self._unseen[::-1].index(tag)]
 
     def handle_data(self, data):
         if self._pre_depth: self.pre_texts[-1] += data
         if self._in_h1: self.h1 += data
+        if not self._unseen: self.prose += data
 
 
 def _chromium(tmp_path, *args):
@@ -146,8 +160,43 @@ def test_no_directive_leaks(doms):
         assert not leaked, f"{page} shows nbdev directives: {leaked[:3]}"
 
 
-def test_screenshot_is_not_empty(site, tmp_path):
-    shot = tmp_path / "core.png"
-    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", (site / "core.html").as_uri())
-    data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+_RAW_TEX = re.compile(r"\\\(|\\\[|\$[^$\s][^$]*\\[A-Za-z]+[^$]*\$")  # \( or \[ left, or $…\cmd…$ never rendered
+
+
+def test_every_formula_renders_offline(doms):
+    "Every page's mathematics is rendered by the bundled KaTeX: no raw TeX left in the prose, no KaTeX error."
+    figures = {}
+    for page, dom in doms.items():
+        raw = _RAW_TEX.findall(dom.prose)
+        assert not raw, f"{page}: {len(raw)} formulas left as raw TeX, e.g. {raw[:3]}"
+        assert dom.formula_errors == 0, f"{page}: {dom.formula_errors} KaTeX errors"
+        figures[page] = dom.formulas
+    assert figures["mice_theory.html"] > 50 and figures["em_expfam.html"] > 20, figures
+    print("formulas rendered per page:", json.dumps(figures))
+
+
+def test_no_page_loads_anything_from_the_network(doms, site):
+    "Scripts, styles, icons and images come from the site itself (links to other sites are fine: they are not loaded)."
+    for page, dom in doms.items():
+        external = [u for u in dom.loads if re.match(r"^(https?:)?//", u)]
+        assert not external, f"{page} loads {external[:3]}"
+        assert "opt-lab.github.io" not in " ".join(dom.loads), page
+    for css in site.rglob("*.css"):
+        assert not re.search(r"url\(\s*['\"]?(https?:)?//", css.read_text(errors="replace")), f"{css} loads from the network"
+
+
+def test_api_links_stay_in_the_preview(site):
+    leaving = [p.name for p in site.glob("*.html") if "https://opt-lab.github.io/opt_lab/" in p.read_text()]
+    assert not leaving, f"pages linking to the published site instead of the local page: {leaving[:5]}"
+
+
+def test_screenshots_of_three_pages_are_kept(site, tmp_path):
+    ARTEFACTS.mkdir(exist_ok=True)
+    for page in ("index", "mice_theory", "from_mice"):
+        shot = ARTEFACTS / f"{page}.png"
+        _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", (site / f"{page}.html").as_uri())
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, page
+        print(f"screenshot: {shot}")
