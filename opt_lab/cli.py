@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.server
 import io
 import os
 import re
@@ -18,12 +19,13 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'process_notebooks', 'strip_order_prefixes', 'katex_assets', 'localize_site', 'render_site',
-           'build_docs', 'notebook_markdown', 'readme_path', 'write_readme', 'tree_fingerprint', 'changed_files',
-           'test_notebooks', 'run_checks', 'run_benchmark', 'main']
+           'build_docs', 'serve_site', 'notebook_markdown', 'readme_path', 'write_readme', 'tree_fingerprint',
+           'changed_files', 'test_notebooks', 'run_checks', 'run_benchmark', 'main']
 
 # %% ../nbs/90_cli.ipynb #84da9025
 def _config():
@@ -133,6 +135,16 @@ def build_docs(engine: str="auto", # "quarto", "offline" or "auto"
     index, used = render_site(process_notebooks(), engine)
     print(f"Rendered with {'Quarto' if used == 'quarto' else 'the offline renderer (smalldocs; preview, not Quarto)'}.")
     return index
+
+# %% ../nbs/90_cli.ipynb #88733c16
+def serve_site(folder: Path, # the built site
+               port: int=8000, # 0 picks a free port
+               host: str="127.0.0.1", # the loopback interface: the preview is not published
+              ) -> http.server.ThreadingHTTPServer: # call `serve_forever()` on it; `server_address` has the port
+    "An HTTP server for `folder`, quiet about every request it answers."
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args): pass
+    return http.server.ThreadingHTTPServer((host, port), partial(Quiet, directory=str(folder)))
 
 # %% ../nbs/90_cli.ipynb #f1f12caf
 def _cell_markdown(cell) -> str:
@@ -271,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("docs", help="build the website into _docs/ and print the path of index.html")
     docs.add_argument("--engine", choices=["auto", "quarto", "offline"], default="auto",
                       help="renderer: Quarto, the offline smalldocs preview, or auto (Quarto when on PATH)")
+    docs.add_argument("--serve", action="store_true", help="then serve the site on 127.0.0.1 (search needs it) and print its address")
+    docs.add_argument("--port", type=int, default=8000, help="the port for --serve")
     sub.add_parser("test", help="clean/export in sync, every notebook's tests (a line each), pytest tests/ (incl. the browser check); "
                    "further arguments go to pytest")
     bench = sub.add_parser("bench", help="print a benchmark table measured side by side with the reference library")
@@ -290,7 +304,12 @@ def main(argv: list[str] | None=None, # arguments; `sys.argv[1:]` when `None`
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "test": parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "docs":
-        print(build_docs(args.engine).resolve())
+        index = build_docs(args.engine).resolve()
+        print(index)
+        if args.serve:
+            server = serve_site(index.parent, args.port)
+            print(f"serving the site at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt): server.serve_forever()
         return 0
     if args.command == "test": return run_checks(extra)
     if args.command == "bench":
