@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import http.server
@@ -18,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
@@ -147,7 +149,7 @@ def serve_site(folder: Path, # the built site
     return http.server.ThreadingHTTPServer((host, port), partial(Quiet, directory=str(folder)))
 
 # %% ../nbs/90_cli.ipynb #f1f12caf
-def _cell_markdown(cell) -> str:
+def _cell_markdown(cell, figure: Callable | None=None) -> str:
     from nbdev.process import extract_directives
     if cell.cell_type == "markdown": return cell.source.strip()
     if cell.cell_type != "code": return ""
@@ -157,16 +159,27 @@ def _cell_markdown(cell) -> str:
     if opts.get("echo") != ["false"] and cell.source.strip(): parts.append(f"```python\n{cell.source.strip()}\n```")
     if opts.get("output") != ["false"]:
         for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if png and figure is not None:
+                parts.append(f"![figure]({figure(png)})")
+                continue
             text = out.get("text") or out.get("data", {}).get("text/markdown") or out.get("data", {}).get("text/plain")
             if text: parts.append("```\n" + "".join(text).rstrip() + "\n```")
     return "\n\n".join(parts)
 
 # %% ../nbs/90_cli.ipynb #19b39961
 def notebook_markdown(nb_path: str | Path, # the notebook
+                      figures: dict | None=None, # filled with `path -> PNG bytes` of the figures the Markdown links
                      ) -> str: # its reader-visible content as Markdown
-    "The Markdown a reader sees of a notebook: prose, visible code and text outputs."
+    "The Markdown a reader sees of a notebook: prose, visible code, text outputs and figures (as `nbs/images/` files)."
     from execnb.nbio import read_nb
-    cells = (_cell_markdown(c) for c in read_nb(nb_path).cells)
+    figures = {} if figures is None else figures
+    stem = Path(nb_path).stem
+    def figure(png) -> str:
+        path = f"{_config().nbs_path.name}/images/{stem}-{len(figures) + 1}.png"
+        figures[path] = base64.b64decode("".join(png) if isinstance(png, list) else png)
+        return path
+    cells = (_cell_markdown(c, figure) for c in read_nb(nb_path).cells)
     return "\n\n".join(c for c in cells if c) + "\n"
 
 # %% ../nbs/90_cli.ipynb #c25615d9
@@ -174,14 +187,19 @@ def readme_path() -> Path: return _config().config_path / "README.md"
 
 def write_readme(check: bool=False, # only compare, raise if README.md differs
                 ) -> Path:
-    "Write `README.md` from the `readme_nb` of `settings.ini`, or check that it is up to date."
-    cfg = _config()
-    text = notebook_markdown(cfg.nbs_path / cfg.readme_nb)
-    path = readme_path()
+    "Write `README.md` (and the figures it shows) from the `readme_nb` of `settings.ini`, or check that they are up to date."
+    cfg, figures = _config(), {}
+    text = notebook_markdown(cfg.nbs_path / cfg.readme_nb, figures)
+    path, root = readme_path(), cfg.config_path
     if check:
-        if not path.exists() or path.read_text() != text:
+        stale = [f for f, data in figures.items() if not (root / f).exists() or (root / f).read_bytes() != data]
+        if not path.exists() or path.read_text() != text or stale:
             raise SystemExit(f"{path.name} is out of date with {cfg.readme_nb}: run `opt_lab readme`")
-    else: path.write_text(text)
+    else:
+        path.write_text(text)
+        for f, data in figures.items():
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / f).write_bytes(data)
     return path
 
 # %% ../nbs/90_cli.ipynb #3789ac58

@@ -18,7 +18,7 @@ def _settings():
 
 def test_top_level_layout():
     for name in ("nbs", "opt_lab", "tests", "settings.ini", "setup.py", "_quarto.yml", "README.md", "LICENSE",
-                 "MANIFEST.in", ".gitignore", ".ci/run", ".github/workflows/test.yaml", ".github/workflows/deploy.yaml"):
+                 "MANIFEST.in", ".gitignore", "CITATION.cff", ".ci/run", ".github/workflows/test.yaml", ".github/workflows/deploy.yaml"):
         assert (ROOT / name).exists(), f"missing {name}"
     assert "Apache License" in (ROOT / "LICENSE").read_text()
 
@@ -63,8 +63,12 @@ def test_sidebar_lists_every_notebook():
 
 
 def test_readme_agrees_with_index():
-    from opt_lab.cli import notebook_markdown
-    assert (ROOT / "README.md").read_text() == notebook_markdown(NBS / "index.ipynb"), "run `opt_lab readme`"
+    "README.md and the figures it links are what `opt_lab readme` writes from nbs/index.ipynb."
+    from opt_lab.cli import notebook_markdown, write_readme
+    figures = {}
+    assert (ROOT / "README.md").read_text() == notebook_markdown(NBS / "index.ipynb", figures), "run `opt_lab readme`"
+    assert figures, "the README shows no figure"
+    write_readme(check=True)
 
 
 def _readme_commands():

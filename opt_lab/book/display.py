@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import io
 
 import matplotlib as mpl
 from matplotlib.figure import Figure
@@ -67,14 +68,22 @@ class Explorer:
 
     def _on_change(self, change): self.update()
 
+    def png(self) -> bytes:
+        "The figure as PNG bytes."
+        buffer = io.BytesIO()
+        self.fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+
     def _refresh_output(self):
         from IPython import get_ipython
-        from IPython.display import clear_output, display
+        from IPython.display import Image, clear_output, display
         # Without a kernel (nbdev_test, scripts) an Output widget cannot capture: draw nothing.
         if getattr(get_ipython(), "kernel", None) is None: return
         with self.output:
             clear_output(wait=True)
-            display(self.fig)
+            # PNG bytes, not the Figure: a bare Figure has no image form until some pyplot backend registers one, so
+            # a fresh kernel would show `<Figure size ...>` as text
+            display(Image(data=self.png(), format="png"))
 
     def widget(self):
         "The controls above the figure, as one ipywidgets box."
