@@ -161,7 +161,7 @@ def _quadratic_rows(reference, repeats):
                                                  quad["x0"], quad["L"])
             rows.append((f"quadratic: bookkeeping ms per call, drop_param {drop} (levels: mean {mean_levels:.1f}, "
                          f"most {most})", name, ms))
-    rows.append(("quadratic: evaluations to gap 1e-2 / 1e-4 / 1e-6 / 1e-8 (issue's mice 1.0.5)", "reference",
+    rows.append(("quadratic: evaluations to gap 1e-2 / 1e-4 / 1e-6 / 1e-8 (mice 1.0.5, a recorded reference run)", "reference",
                  "2780 / 10160 / 17600 / 35856"))
     return rows
 
