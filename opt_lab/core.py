@@ -19,7 +19,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['pd', 'PALETTE', 'as_key', 'as_generator', 'flatten_params', 'check_positive', 'check_in_range', 'check_int',
-           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History', 'patch_to', 'alias_modules']
+           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History', 'patch_to',
+           'numpy_precision', 'alias_modules']
 
 # %% ../nbs/00_core.ipynb #f54d1aa3
 def _is_key(x) -> bool:
@@ -228,6 +229,12 @@ def patch_to(cls: type, # the class that receives the method
         setattr(cls, target.__name__, fn)
         return fn
     return attach
+
+# %% ../nbs/00_core.ipynb #e2c3effd
+def numpy_precision(tree, # arrays (any pytree) the computation is about
+                   ):
+    "A context in which JAX computes at the arrays' precision: float64 if any leaf is float64 (`jax.enable_x64`, scoped)."
+    return jax.enable_x64(any(np.asarray(a).dtype == np.float64 for a in jax.tree_util.tree_leaves(tree)))
 
 # %% ../nbs/00_core.ipynb #88b34ad2
 def alias_modules(package: str, # the package the paths live under, e.g. `"opt_lab.mice"`

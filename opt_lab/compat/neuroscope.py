@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..adam import ScaleByAdamState
-from ..core import alias_modules, check_in_range, patch_to
+from ..core import alias_modules, numpy_precision, check_in_range, patch_to
 from ..rmsprop import ScaleByRmsState
 from ..stateful import Optimizer as _Stateful
 from ..transform import TraceState
@@ -74,10 +74,6 @@ class Optimizer:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items()) + ")"
 
 # %% ../../nbs/63_from_neuroscope.ipynb #fd441bca
-def _precision(arrays):
-    "JAX at the arrays' precision: float64 models step in float64 whatever the global setting."
-    return jax.enable_x64(any(a.dtype == np.float64 for a in arrays))
-
 def _split(buffer, n_weights): return {"weights": buffer[:n_weights], "biases": buffer[n_weights:]}
 
 def _join(buffer): return list(buffer["weights"]) + list(buffer["biases"])
@@ -92,7 +88,7 @@ def update(self, weights: list, # the layers' weight arrays, updated in place
     "One step on every layer, in place (returns `None`, as neuroscope does)."
     self._check()
     params, grads = list(weights) + list(biases), list(weight_grads) + list(bias_grads)
-    with _precision(params):
+    with numpy_precision(params):
         self._ready(params, len(weights))
         self._engine.update(grads)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..adam import GradientMemory as _GradientMemory
-from ..core import alias_modules, check_positive
+from ..core import alias_modules, numpy_precision, check_positive
 from ..transform import constant, exponential_decay, power_law
 
 # %% auto #0
@@ -109,10 +109,6 @@ def schedule_from_config(config: list) -> Schedule:
     return {"Constant": Constant, "ExponentialDecay": ExponentialDecay, "PowerLawDecay": PowerLawDecay}[name](**settings)
 
 # %% ../../nbs/64_from_paysage.ipynb #f4b86811
-def _precision(tree):
-    "JAX at the arrays' precision: float64 models step in float64 whatever the global setting."
-    return jax.enable_x64(any(np.asarray(a).dtype == np.float64 for a in jax.tree_util.tree_leaves(tree)))
-
 def _subtract(model, delta):
     "paysage's `model.parameter_update(delta)`, or `p -= d` on every array of a model given as arrays."
     if hasattr(model, "parameter_update"): return model.parameter_update(delta)
@@ -157,7 +153,7 @@ class Optimizer:
                grad, # the gradient, with the model's structure (paysage's `Gradient` objects included)
               ):
         "Step `model` in place along this optimizer's direction."
-        with _precision(grad): self._step(model, self._direction(grad))
+        with numpy_precision(grad): self._step(model, self._direction(grad))
 
 # %% ../../nbs/64_from_paysage.ipynb #3f36cfb4
 class Gradient(Optimizer):
