@@ -333,7 +333,7 @@ def main(argv: list[str] | None=None, # arguments; `sys.argv[1:]` when `None`
     if args.command == "bench":
         import pandas as pd
         sizes = tuple(int(n) for n in args.sizes) if args.sizes else None
-        table = run_benchmark(args.target, sizes=sizes, steps=args.steps, repeats=args.repeats)
+        table = run_benchmark(args.target, sizes=sizes, steps=args.steps, repeats=args.repeats, progress=True)
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
         return 0

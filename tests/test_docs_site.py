@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -37,6 +39,7 @@ class _Dom(HTMLParser):
         super().__init__()
         self.ids, self.img_srcs, self.pre_texts, self.h1, self._pre_depth, self._in_h1 = set(), [], [], "", 0, False
         self.prose, self.formulas, self.formula_errors, self.loads, self._unseen = "", 0, 0, [], []
+        self.img_shown, self.search_hits, self.requests = [], -1, []  # set by the served fixture
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -44,7 +47,10 @@ class _Dom(HTMLParser):
         classes = (attrs.get("class") or "").split()
         self.formulas += "katex" in classes
         self.formula_errors += "katex-error" in classes
-        if tag == "img": self.img_srcs.append(attrs.get("src") or "")
+        if tag == "img":
+            self.img_srcs.append(attrs.get("src") or "")
+            self.img_shown.append(float(attrs.get("data-shown-width") or "nan"))
+        if tag == "body": self.search_hits = int(attrs.get("data-search-hits") or -1)
         if tag in ("script", "img", "iframe") and attrs.get("src"): self.loads.append(attrs["src"])
         if tag == "link" and attrs.get("href") and set((attrs.get("rel") or "").split()) & {"stylesheet", "icon", "preload", "modulepreload"}:
             self.loads.append(attrs["href"])
@@ -98,15 +104,70 @@ def _sidebar_pages():
     return [re.sub(r"^\d+[a-zA-Z0-9]*_", "", Path(p).stem) + ".html" for p in walk(side["website"]["sidebar"]["contents"])]
 
 
+# Appended to every page the test server sends: records each image's width on screen and, with ?probe-search=…,
+# types the query into the search box and records how many results appear.
+_PROBE = """<script>addEventListener('load', () => {
+  for (const img of document.images) img.dataset.shownWidth = img.getBoundingClientRect().width.toFixed(1);
+  const query = new URLSearchParams(location.search).get('probe-search'), box = document.querySelector('.smalldocs-search input');
+  if (query && box) {
+    box.value = query; box.dispatchEvent(new Event('input', {bubbles: true}));
+    setTimeout(() => { document.body.dataset.searchHits = document.querySelectorAll('.search-result').length; }, 2000);
+  }
+});</script>"""
+WINDOW = "--window-size=1280,1000"  # a laptop's browser window
+
+
 @pytest.fixture(scope="module")
-def doms(site, tmp_path_factory):
+def served(site):
+    "The site on 127.0.0.1 through `serve_site` (what `opt_lab docs --serve` runs); every request is logged with its status."
+    from opt_lab.cli import serve_site
+    server, answered = serve_site(site, port=0), []
+    quiet = server.RequestHandlerClass
+
+    class Probed(quiet.func):
+        def log_request(self, code="-", size="-"): answered.append((self.path, int(getattr(code, "value", code))))
+
+        def do_GET(self):
+            page = Path(self.translate_path(self.path))
+            if page.suffix != ".html" or not page.is_file(): return super().do_GET()
+            body = page.read_text().replace("</body>", _PROBE + "</body>").encode()
+            self.send_response(200); self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+
+    server.RequestHandlerClass = partial(Probed, *quiet.args, **quiet.keywords)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", answered
+    server.shutdown()
+
+
+def _page_requests(netlog: Path, origin: str) -> list[str]:
+    "URLs the page itself asked for: its own load and what it initiated (Chromium's own service requests excluded)."
+    log = json.loads(netlog.read_text())
+    kinds = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    return [e["params"]["url"] for e in log["events"] if kinds[e["type"]] == "URL_REQUEST_START_JOB" and "url" in e.get("params", {})
+            and (e["params"].get("initiator") == origin or e["params"].get("request_type") == "main frame")]
+
+
+def _load(served, tmp, page: str) -> _Dom:
+    "Open a served page (external hosts unresolvable), parse its rendered DOM, attach the requests it made with their statuses."
+    base, answered = served
+    answered.clear()
+    netlog = tmp / f"net-{page}.json"
+    dom = _Dom()
+    dom.feed(_chromium(tmp, WINDOW, f"--log-net-log={netlog}", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                       "--dump-dom", base + page))
+    statuses = dict(answered)
+    dom.requests = [(url, statuses.get("/" + url[len(base):], None)) for url in _page_requests(netlog, base.rstrip("/"))]
+    return dom
+
+
+@pytest.fixture(scope="module")
+def doms(site, served, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chromium")
     out = {}
     for page in _sidebar_pages():
         assert (site / page).exists(), f"sidebar page {page} was not rendered"
-        dom = _Dom()
-        dom.feed(_chromium(tmp, "--dump-dom", (site / page).as_uri()))
-        out[page] = dom
+        out[page] = _load(served, tmp, page)
     return out
 
 
@@ -185,6 +246,59 @@ def test_no_page_loads_anything_from_the_network(doms, site):
         assert "opt-lab.github.io" not in " ".join(dom.loads), page
     for css in site.rglob("*.css"):
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", css.read_text(errors="replace")), f"{css} loads from the network"
+
+
+def test_every_request_stays_on_the_machine_and_succeeds(doms, served):
+    "What the browser itself requested, page by page: only the local server, and every request answered 200."
+    base, _ = served
+    counts = {}
+    for page, dom in doms.items():
+        assert dom.requests and dom.requests[0][0] == base + page, f"{page}: the page's own load was not seen"
+        external = [u for u, _ in dom.requests if not u.startswith(base)]
+        assert not external, f"{page} requested {external[:3]}"
+        failed = [(u, code) for u, code in dom.requests if code != 200]
+        assert not failed, f"{page}: failed requests {failed[:3]}"
+        counts[page] = len(dom.requests)
+    print("requests per page (all local, all 200):", json.dumps(counts))
+
+
+def test_search_finds_pages_when_served(served, tmp_path):
+    dom = _load(served, tmp_path, "index.html?probe-search=Polyak")
+    assert dom.search_hits > 0, "search returned no result for 'Polyak'"
+    assert any(u.endswith("/search.json") and code == 200 for u, code in dom.requests), dom.requests
+
+
+def _figure_widths(nb_path) -> dict[str, float]:
+    "The width (CSS pixels) each visible PNG figure was drawn at, keyed by the end of its base64 text."
+    from nbdev.process import extract_directives
+    from execnb.nbio import read_nb
+    import base64, struct
+    widths = {}
+    for cell in read_nb(nb_path).cells:
+        if cell.cell_type != "code": continue
+        opts = {k.rstrip(":"): v for k, v in extract_directives(cell, remove=False).items()}
+        if "hide" in opts or opts.get("include") == ["false"] or opts.get("output") == ["false"]: continue
+        for out in cell.get("outputs", []):
+            data = "".join(out.get("data", {}).get("image/png", "")).replace("\n", "").strip()
+            if not data: continue
+            pixels = struct.unpack(">I", base64.b64decode(data[:32])[16:20])[0]
+            widths[data[-64:]] = float(out.get("metadata", {}).get("image/png", {}).get("width", pixels))
+    return widths
+
+
+def test_figures_are_shown_at_the_size_they_were_drawn(doms):
+    "In a 1280-pixel window no figure is shrunk below 85 % of its drawn width (wide figures take the page column)."
+    checked = 0
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        page = re.sub(r"^\d+[a-zA-Z0-9]*_", "", nb.stem) + ".html"
+        if page not in doms: continue
+        shown = {src.replace("\n", "")[-64:]: width for src, width in zip(doms[page].img_srcs, doms[page].img_shown)
+                 if src.startswith("data:image/png")}
+        for key, drawn in _figure_widths(nb).items():
+            assert key in shown, f"{page}: a figure of {nb.name} is not on the page"
+            assert shown[key] >= 0.85 * drawn, f"{page}: a figure drawn {drawn:.0f} px wide is shown at {shown[key]:.0f} px"
+            checked += 1
+    assert checked > 20, checked
 
 
 def test_api_links_stay_in_the_preview(site):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .display import Explorer
+from .display import Explorer, progress_reporter
 from .em_tutorial import tutorial_problem, tutorial_rules
 from ..em.family import GeneralizedHyperbolic, NormalInverseGamma, VarianceGamma
 from ..em.fitting import BatchEMFitter, IncrementalEMFitter
@@ -162,17 +162,20 @@ def _bench_log_kv(points: int=100_000):
                 speedup_vs_normix=11e-6 * points / warm, final_ll=np.nan, gap=np.nan)
 
 def bench_em(repeats: int=5, # warm fits per rule (the median is reported)
+             progress: bool=False, # a line on standard error per finished workload (the CLI turns it on)
              **_): # the CLI's other options do not apply
     "Per-rule first-call and warm times and final log-likelihood gaps on the tutorial, and the d=10 workload."
     problem = tutorial_problem()
     X, init, target = problem["X"], problem["init"], problem["target"]
-    rows = []
-    for name, rule in tutorial_rules(init).items():
+    rules, rows = tutorial_rules(init), []
+    report = progress_reporter("bench em", len(rules) + 3, enabled=progress)
+    for name, rule in rules.items():
         fitter = IncrementalEMFitter(batch_size=512, max_steps=60, eta_update=rule)
         first, res = _timed(lambda: fitter.fit(init, X, key=0))
         warm = float(np.median([_timed(lambda: fitter.fit(init, X, key=k))[0] for k in range(repeats)]))
         rows.append(dict(workload="tutorial, 60 x 512", rule=name, first_call_s=first, warm_ms=warm * 1e3,
                          speedup_vs_normix=2.7 / warm, final_ll=res.final_log_likelihood, gap=res.final_log_likelihood - target))
+        report(f"tutorial fit, {name}")
     true = NormalInverseGaussian.from_classical(mu=np.zeros(10), gamma=np.linspace(-0.3, 0.3, 10), sigma=np.eye(10) + 0.2,
                                                 mu_ig=1.0, lam=1.5)
     big = true.rvs(200_000, seed=1)
@@ -183,8 +186,11 @@ def bench_em(repeats: int=5, # warm fits per rule (the median is reported)
     rows.append(dict(workload="d=10, n=200k, 300 x 4096", rule="EWMA(0.1)", first_call_s=first, warm_ms=warm * 1e3,
                      speedup_vs_normix=27.0 / warm, final_ll=res.final_log_likelihood,
                      gap=res.final_log_likelihood - float(true.marginal_log_likelihood(big))))
+    report("d=10, n=200k fit")
     rows.append(_bench_log_kv())
+    report("log_kv against scipy")
     rows.extend(bench_gh_rows(max(1, repeats // 2)))
+    report("GH fits")
     table = pd.DataFrame(rows)
     table.attrs["note"] = ("speedup_vs_normix divides normix 0.4.5's measured warm times on this machine (2.7 s for the "
                            "tutorial fit in its fastest configuration, 27 s for the d=10 workload, 11 µs per log K point) by ours; "

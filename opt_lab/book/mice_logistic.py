@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from .display import progress_reporter
+
 from ..mice.estimator import MICE
 from ..mice.policy import DropRestartClipPolicy
 
@@ -144,7 +146,7 @@ def _mice_makers(reference):
         return est
     return {"opt_lab": ours} | ({"mice 1.0.5": theirs} if reference else {})
 
-def _quadratic_rows(reference, repeats):
+def _quadratic_rows(reference, repeats, report):
     "Evaluations to each gap, RMS error and bookkeeping per call on the quadratic chapter's problem."
     from opt_lab.book.mice_quadratic import evaluations_to, random_quadratic, rms_error, run_mice
     quad, rows = random_quadratic(), []
@@ -161,12 +163,13 @@ def _quadratic_rows(reference, repeats):
                                                  quad["x0"], quad["L"])
             rows.append((f"quadratic: bookkeeping ms per call, drop_param {drop} (levels: mean {mean_levels:.1f}, "
                          f"most {most})", name, ms))
+        report(f"quadratic problem, {name}")
     rows.append(("quadratic: evaluations to gap 1e-2 / 1e-4 / 1e-6 / 1e-8 (mice 1.0.5, a recorded reference run)", "reference",
                  "2780 / 10160 / 17600 / 35856"))
     return rows
 
 # %% ../../nbs/30_mice_logistic.ipynb #af1f008c
-def _logistic_rows(reference, logistic, repeats):
+def _logistic_rows(reference, logistic, repeats, report):
     "Seeds reaching gap 1e-6, RMS error and bookkeeping per call on this chapter's problem."
     from opt_lab.book.mice_quadratic import rms_error, run_mice
     rows = []
@@ -186,6 +189,7 @@ def _logistic_rows(reference, logistic, repeats):
         rows.append(("logistic: RMS relative error (eps 0.577)", name, float(np.median([rms_error(l) for l in logs]))))
         ms, mean_levels, most = _bookkeeping(lambda g: make(g, 0), logistic["grad"], logistic["x0"], logistic["L"], calls=150)
         rows.append((f"logistic: bookkeeping ms per call, 150 calls (levels: mean {mean_levels:.1f}, most {most})", name, ms))
+        report(f"logistic problem, {name}")
     return rows
 
 # %% ../../nbs/30_mice_logistic.ipynb #135a8f53
@@ -205,6 +209,7 @@ def _wall_time_row(logistic):
     return (f"logistic: wall time to gap 1e-3, SGD-MICE / SVRG ({svrg_epochs} epochs)", "opt_lab", mice_time / svrg_time)
 
 def bench_mice(repeats: int=5, # seeds per study
+               progress: bool=False, # a line on standard error per finished study (the CLI turns it on)
                **_): # the CLI's other options do not apply
     "Side-by-side figures for opt_lab's MICE and mice 1.0.5 (if installed); see the chapter for what each row means."
     try:
@@ -213,5 +218,8 @@ def bench_mice(repeats: int=5, # seeds per study
         reference = None
     logistic = logistic_problem()
     _prepare(logistic)
-    rows = _quadratic_rows(reference, repeats) + _logistic_rows(reference, logistic, repeats) + [_wall_time_row(logistic)]
+    report = progress_reporter("bench mice", 2 * (1 + (reference is not None)) + 1, enabled=progress)
+    rows = _quadratic_rows(reference, repeats, report) + _logistic_rows(reference, logistic, repeats, report)
+    rows.append(_wall_time_row(logistic))
+    report("wall time against SVRG")
     return pd.DataFrame(rows, columns=["figure", "implementation", "value"])
