@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 # %% auto #0
-__all__ = ['pd', 'PALETTE', 'as_key', 'as_generator', 'flatten_params', 'check_positive', 'check_in_range', 'check_int',
-           'check_finite', 'check_shape', 'check_same_structure', 'LazyModule', 'History', 'patch_to',
-           'numpy_precision', 'alias_modules']
+__all__ = ['pd', 'PALETTE', 'as_key', 'as_generator', 'flatten_params', 'check_positive', 'check_in_range', 'check_real',
+           'check_int', 'check_finite', 'check_shape', 'check_same_structure', 'check_float_arrays', 'LazyModule',
+           'History', 'patch_to', 'numpy_precision', 'alias_modules']
 
 # %% ../nbs/00_core.ipynb #f54d1aa3
 def _is_key(x) -> bool:
@@ -86,8 +86,10 @@ def _show(value) -> str:
     return repr(value)
 
 def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, (Real, np.generic, jax.Array, np.ndarray)) or np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a real number, got {_show(value)}")
+    ok = not isinstance(value, bool) and isinstance(value, (Real, np.generic, jax.Array, np.ndarray)) and np.ndim(value) == 0
+    if ok and not isinstance(value, Real):  # a NumPy or JAX scalar: its dtype says whether it is real (not complex, bool, str)
+        ok = np.issubdtype(np.asarray(value).dtype, np.integer) or np.issubdtype(np.asarray(value).dtype, np.floating)
+    if not ok: raise ValueError(f"{name} must be a real number, got {_show(value)}")
     v = float(value)
     if math.isnan(v): raise ValueError(f"{name} must be a real number, got nan")
     return v
@@ -121,6 +123,15 @@ def check_in_range(name: str, # the parameter's name
         lb = "[" if closed in ("both", "left") else "("
         rb = "]" if closed in ("both", "right") else ")"
         raise ValueError(f"{name} must be in {lb}{low:g}, {high:g}{rb}, got {_show(value)}")
+    return value
+
+# %% ../nbs/00_core.ipynb #cb3586bf
+def check_real(name: str, # the parameter's name
+               value, # the value to check
+              ):
+    "Return `value` if it is a finite real number; raise a `ValueError` naming `name` otherwise."
+    if _is_traced(value): return value
+    if math.isinf(_real(name, value)): raise ValueError(f"{name} must be finite, got {_show(value)}")
     return value
 
 # %% ../nbs/00_core.ipynb #8c9edd10
@@ -176,6 +187,25 @@ def check_same_structure(name: str, # the argument's name
     if s != r: raise ValueError(f"{name} must have the structure of the parameters {r}, got {s}")
     for (leaf_name, a), b in zip(_leaves_with_names(name, tree), jax.tree_util.tree_leaves(reference)):
         if np.shape(a) != np.shape(b): raise ValueError(f"{leaf_name} must have shape {np.shape(b)}, got {np.shape(a)}")
+    return tree
+
+# %% ../nbs/00_core.ipynb #f6f9f96d
+_DTYPE_HINTS = {"i": "integer arrays cannot take fractional steps: convert with `.astype(float)`",
+                "u": "integer arrays cannot take fractional steps: convert with `.astype(float)`",
+                "b": "boolean arrays cannot take steps", "c": "complex arrays are not supported: optimize the real and "
+                "imaginary parts as two real arrays"}
+
+def check_float_arrays(name: str, # the argument's name
+                       tree, # an array or a pytree of arrays (traced values too)
+                      ):
+    "Return `tree` if it holds at least one array and every leaf has a real floating dtype; raise a `ValueError` otherwise."
+    leaves = _leaves_with_names(name, tree)
+    if not leaves: raise ValueError(f"{name} must hold at least one array, got an empty {type(tree).__name__}")
+    for leaf_name, leaf in leaves:
+        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            hint = _DTYPE_HINTS.get(dtype.kind, "only real floating arrays can be optimized")
+            raise ValueError(f"{leaf_name} must have a real floating dtype, got {dtype} ({hint})")
     return tree
 
 # %% ../nbs/00_core.ipynb #ac169aae

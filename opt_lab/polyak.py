@@ -5,6 +5,7 @@
 # %% ../nbs/15_polyak.ipynb #b34a3947
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, NamedTuple
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .core import check_in_range, check_int, check_positive, patch_to
+from .core import _is_traced, check_in_range, check_int, check_positive, check_real, patch_to
 from .transform import GradientTransformation, chain, guard_nonfinite, trace
 
 # %% auto #0
@@ -62,6 +63,7 @@ def scale_by_polyak(max_stepsize: float=1.0, # γ_b, the cap on the step size (>
                    ) -> GradientTransformation:
     "Replace the updates $g$ by $-\\gamma g$ with the stochastic Polyak step γ; `update` needs `value=`."
     check_positive("max_stepsize", max_stepsize)
+    check_real("fun_min", fun_min)
     check_positive("delta", delta, allow_zero=True)
     _check_variant(variant)
     def init(params):
@@ -223,7 +225,7 @@ class PolyakSGD:
         return dict(max_stepsize=jnp.asarray(check_positive("max_stepsize", self.max_stepsize)),
                     delta=jnp.asarray(check_positive("delta", self.delta, allow_zero=True)),
                     momentum=jnp.asarray(check_in_range("momentum", self.momentum, 0, 1, closed="left")),
-                    fun_min=jnp.asarray(self.fun_min, dtype=float),
+                    fun_min=jnp.asarray(check_real("fun_min", self.fun_min), dtype=float),
                     tol=jnp.asarray(check_positive("tol", self.tol, allow_zero=True)),
                     maxiter=jnp.asarray(self.maxiter))
 
@@ -266,12 +268,22 @@ def _report(self, state):
         print(f"PolyakSGD iter {int(state.iter_num)}: value {float(state.value):.6g}, error {float(state.error):.3g}, "
               f"stepsize {float(state.stepsize):.3g}")
 
+@patch_to(PolyakSGD)
+def _check_evaluation(self, state):
+    "Raise if `fun` gave a non-finite value or gradient (a NaN error stops the loops, which would otherwise end silently)."
+    if _is_traced(state.value) or _is_traced(state.error): return
+    value, error = float(state.value), float(state.error)
+    if not (math.isfinite(value) and math.isfinite(error)):
+        raise FloatingPointError(f"fun gave a non-finite {'value' if not math.isfinite(value) else 'gradient'} "
+                                 f"(value {value}, gradient norm {error}) at iteration {int(state.iter_num)}")
+
 # %% ../nbs/15_polyak.ipynb #9722dce1
 @patch_to(PolyakSGD)
 def update(self, params, state: PolyakSGDState, *args, **kwargs) -> OptStep:
     "One step from `params`; `state.error` is the gradient norm where the step started."
     update = _update if self.jit is False else _update_jit
     params, state = update(self._vg, self.pre_update, self.variant, params, state, self._hyper(), args, kwargs)
+    self._check_evaluation(state)
     self._report(state)
     return OptStep(params, state)
 
@@ -289,6 +301,7 @@ def _run(self, init_params, args, kwargs) -> OptStep:
             self._report(carry[1])
     elif unroll: carry = _run_scan_jit(*static, self.maxiter, carry, hyper, args, kwargs)
     else: carry = (_run_while_jit if compiled else _run_while)(*static, carry, hyper, args, kwargs)
+    self._check_evaluation(carry[1])
     return OptStep(carry[0], carry[1])
 
 # %% ../nbs/15_polyak.ipynb #a0e0b757
@@ -335,6 +348,7 @@ def run_iterator(self, init_params, iterator: Iterable, *args, **kwargs) -> OptS
         if state is None: state = self.init_state(init_params, *args, **batch)
         if self.pre_update is not None: params, state = self.pre_update(params, state, *args, **batch)
         state, grad = evaluate(self._vg, params, state, args, batch)
+        self._check_evaluation(state)
         self._report(state)
         if float(state.error) <= self.tol or int(state.iter_num) >= self.maxiter: break
         params, state = step(params, state, grad, hyper, self.variant)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .adam import adam
-from .core import History, check_finite, check_positive, check_same_structure, patch_to
+from .core import (History, check_finite, check_float_arrays, check_int, check_positive, check_real,
+                          check_same_structure, patch_to)
 from .polyak import polyak_sgd
 from .rmsprop import rmsprop
 from .sgd import sgd
@@ -58,9 +59,10 @@ def _check_inplace_arrays(params):
 # %% ../nbs/16_stateful.ipynb #2b1544ee
 @partial(jax.jit, static_argnums=0)
 def _jax_step(tx, grads, state, params, extra):
-    "One transform step and its application; compiled once per transform."
+    "One transform step, its application, and whether the step is finite (one reduction); compiled once per transform."
     updates, state = tx.update(grads, state, params, **extra)
-    return apply_updates(params, updates), state
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)]))
+    return apply_updates(params, updates), state, finite
 
 def _grad_norm(grads) -> float:
     return float(np.sqrt(sum(float(np.vdot(np.asarray(g), np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))))
@@ -93,7 +95,7 @@ def _copy_leaves(tree) -> list[np.ndarray]:
 # %% ../nbs/16_stateful.ipynb #aef6dea3
 class Optimizer:
     "A stateful optimizer: parameters, optimizer state, step count and history, around any transform."
-    FORMAT = "opt_lab.Optimizer/1"
+    FORMAT = "opt_lab.Optimizer/2"
 
     def __init__(self,
                  tx_or_alias: GradientTransformation | str, # a transform (opt_lab's or optax's) or a name in `ALIASES`
@@ -124,7 +126,7 @@ class Optimizer:
 
     def _set_params(self, params):
         if self.inplace: self.params = _check_inplace_arrays(params)
-        else: self.params = jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), params)
+        else: self.params = jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), check_float_arrays("params", params))
 
     def _jax_params(self):
         "The parameters as the transform sees them (on the in-place path, JAX copies of the caller's arrays)."
@@ -140,10 +142,15 @@ class Optimizer:
 def update(self, grads, # gradients, same structure as the parameters
            **extra, # e.g. `value=` (the loss; needed by "polyak", recorded in the history)
           ):
-    "Apply one step; return the new parameters. Gradients are checked for structure and finiteness."
+    "Apply one step; return the new parameters. Gradients, `value` and the step are checked; a refused step changes nothing."
     self._check_grads(grads)
+    if "value" in extra: check_real("value", extra["value"])
     forwarded = {k: v for k, v in extra.items() if _accepts(self.tx.update, k)}
-    params, self.state = _jax_step(self.tx, grads, self.state, self._jax_params(), forwarded)
+    params, state, finite = _jax_step(self.tx, grads, self.state, self._jax_params(), forwarded)
+    if not bool(finite):
+        raise FloatingPointError(f"step {self.step + 1} is not finite although the grads{' and value' * ('value' in extra)} are: "
+                                 "a learning-rate schedule or a hyper-parameter gave nan or inf (the optimizer is unchanged)")
+    self.state = state
     if self.inplace:
         for target, value in zip(self.params, params): np.copyto(target, value)
     else: self.params = params
@@ -182,32 +189,58 @@ def check_convergence(self) -> bool:
     return len(values) == 2 and abs(values[1] - values[0]) <= self.tolerance
 
 # %% ../nbs/16_stateful.ipynb #94842657
+def _layout(tree) -> dict:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return {"structure": str(jax.tree_util.tree_structure(tree)), "shapes": [list(np.shape(a)) for a in leaves],
+            "dtypes": [str(jnp.result_type(a)) for a in leaves]}
+
+def _check_layout(what, saved, expected):
+    "Raise if a checkpoint's recorded layout differs from the one this optimizer needs."
+    if saved is None: return  # a version-1 checkpoint records none: the shapes are checked leaf by leaf below
+    for key in ("structure", "shapes", "dtypes"):
+        if saved.get(key) != expected[key]:
+            raise ValueError(f"checkpoint {what} have {key} {saved.get(key)}, this optimizer's have {expected[key]}")
+
 @patch_to(Optimizer)
 def state_dict(self, as_json: bool=False, # nested lists and numbers only, ready for `json.dumps`
               ) -> dict:
-    "A copy of everything needed to resume: name, hyper-parameters, step, parameters and state."
+    "A copy of everything needed to resume: name, hyper-parameters, step, parameters and state, with their layouts."
     d = {"format": self.FORMAT, "name": self.name, "inplace": self.inplace, "hyperparameters": dict(self.hyperparameters),
-         "step": self.step, "params": _copy_leaves(self.params), "state": _copy_leaves(self.state)}
+         "step": self.step, "params": _copy_leaves(self.params), "state": _copy_leaves(self.state),
+         "params_layout": _layout(self.params), "state_layout": _layout(self.state)}
     return _to_json(d) if as_json else d
 
 @patch_to(Optimizer)
 def load_state_dict(self, d: dict, # the output of `state_dict` (either form)
                    ):
-    "Restore a checkpoint exactly, rebuilding the optimizer it was taken from."
+    "Restore a checkpoint exactly, with the hyper-parameters it was saved with; everything is checked before anything changes."
+    if not isinstance(d, dict): raise ValueError(f"a checkpoint is the dict that state_dict returns, got a {type(d).__name__}")
     d = _from_json(d)
-    if d.get("format") != self.FORMAT: raise ValueError(f"not an opt_lab optimizer checkpoint (format {d.get('format')!r})")
+    if d.get("format") not in (self.FORMAT, "opt_lab.Optimizer/1"):
+        raise ValueError(f"not an opt_lab optimizer checkpoint (format {d.get('format')!r})")
+    missing = sorted({"name", "inplace", "hyperparameters", "step", "params", "state"} - set(d))
+    if missing: raise ValueError(f"the checkpoint lacks {missing}")
     if d["inplace"] != self.inplace: raise ValueError(f"checkpoint has inplace={d['inplace']}, this optimizer inplace={self.inplace}")
-    if d["name"] is None and self.name is not None: raise ValueError("the checkpoint is of a ready-made transform; load it into an Optimizer built from that transform")
-    if d["name"] is not None: self._configure(d["name"], d["hyperparameters"])
+    if d["name"] != self.name:
+        raise ValueError(f"the checkpoint is of optimizer {d['name'] or 'a ready-made transform'!r}, this one is "
+                         f"{self.name or 'a ready-made transform'!r}")
+    tx, hyperparameters = from_alias(d["name"], **d["hyperparameters"]) if d["name"] else (self.tx, {})
     leaves, treedef = jax.tree_util.tree_flatten(self.params)
-    saved = d["params"]
+    saved = [np.asarray(a) for a in d["params"]]
+    _check_layout("parameters", d.get("params_layout"), _layout(self.params))
     if len(saved) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(saved, leaves)):
         raise ValueError(f"checkpoint parameters {[np.shape(a) for a in saved]} do not match {[np.shape(b) for b in leaves]}")
+    template = tx.init(self._jax_params())
+    _check_layout("state leaves", d.get("state_layout"), _layout(template))
+    flat, state_def = jax.tree_util.tree_flatten(template)
+    if len(flat) != len(d["state"]) or any(np.shape(a) != np.shape(b) for a, b in zip(flat, d["state"])):
+        raise ValueError("checkpoint state does not match this optimizer's state (different transform?)")
+    check_finite("checkpoint params", saved)
+    check_finite("checkpoint state", [np.asarray(a) for a in d["state"]])
+    step = check_int("checkpoint step", d["step"], minimum=0)
+    self.tx, self.hyperparameters = tx, hyperparameters
     if self.inplace:
         for target, source in zip(self.params, saved): np.copyto(target, source)
     else: self.params = treedef.unflatten([jnp.array(a, copy=True) for a in saved])
-    template, state_def = jax.tree_util.tree_flatten(self.tx.init(self._jax_params()))
-    if len(template) != len(d["state"]) or any(np.shape(a) != np.shape(b) for a, b in zip(template, d["state"])):
-        raise ValueError("checkpoint state does not match this optimizer's state (different transform?)")
-    self.state = state_def.unflatten([jnp.array(a, copy=True, dtype=jnp.result_type(t)) for a, t in zip(d["state"], template)])
-    self.step = int(d["step"])
+    self.state = state_def.unflatten([jnp.array(a, copy=True, dtype=jnp.result_type(t)) for a, t in zip(d["state"], flat)])
+    self.step = step

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core import check_in_range, check_positive
+from .core import _leaves_with_names, check_float_arrays, check_in_range, check_positive, check_same_structure
 
 # %% auto #0
 __all__ = ['GradientTransformation', 'apply_updates', 'constant', 'exponential_decay', 'power_law', 'as_schedule', 'chain',
@@ -147,11 +147,15 @@ class GuardedState(NamedTuple):
     skipped: jax.Array # number of steps skipped for non-finite gradients
 
 # %% ../nbs/10_transform.ipynb #e1e7822d
-def _raise_nonfinite(finite_per_leaf, count, names):
-    bad = [n for n, ok in zip(names, np.asarray(finite_per_leaf)) if not ok]
-    if bad:
-        raise FloatingPointError(f"grads has non-finite values (nan or inf) in {', '.join(bad)} at step {int(np.max(count))}; "
-                                 "pass nonfinite='skip' to skip such steps")
+def _raise_nonfinite(step_finite, grads_finite, value_finite, count, names):
+    # under `vmap` a cond runs both branches, so the callback is also called for good steps: it decides for itself
+    if np.all(step_finite): return
+    grads_finite = np.asarray(grads_finite).reshape(-1, len(names)).all(axis=0)
+    bad = [n for n, ok in zip(names, grads_finite) if not ok]
+    if bad: cause = f"grads has non-finite values (nan or inf) in {', '.join(bad)}"
+    elif not np.all(value_finite): cause = "value (the loss passed to update) is not finite"
+    else: cause = "the step is not finite although grads and value are: a learning-rate schedule or a hyper-parameter gave nan or inf"
+    raise FloatingPointError(f"{cause} at step {int(np.max(count))}; pass nonfinite='skip' to skip such steps")
 
 def _step_count(state) -> jax.Array:
     "The step count in a transform's state: its `count` field, or the first one inside a chain's tuple; 0 if none."
@@ -162,31 +166,55 @@ def _step_count(state) -> jax.Array:
         if isinstance(s, tuple): pending.extend(s)
     return jnp.zeros([], jnp.int32)
 
-def guard_nonfinite(tx: GradientTransformation, # the transform to protect
-                    policy: str | None="raise", # "raise", "skip" or `None` (no check)
-                   ) -> GradientTransformation:
-    "Wrap `tx` so that a gradient with NaN or inf raises, or is skipped, as `policy` says."
-    if policy is None: return tx
-    if policy not in ("raise", "skip"): raise ValueError(f"nonfinite must be 'raise', 'skip' or None, got {policy!r}")
+def _check_inputs(grads, params, value):
+    "The trace-time checks of `update`'s arguments."
+    check_float_arrays("grads", grads)
+    if params is not None: check_same_structure("grads", grads, params)
+    if value is not None and (np.ndim(value) != 0 or not jnp.issubdtype(jnp.result_type(value), jnp.number)
+                              or jnp.issubdtype(jnp.result_type(value), jnp.complexfloating)):
+        raise ValueError(f"value must be a real scalar (the loss at params), got {value!r:.80}")
 
-    def init(params): return GuardedState(tx.init(params), jnp.zeros([], jnp.int32))
+def _check_outputs(grads, updates, old_state, new_state):
+    "The trace-time checks of a step: updates shaped like the grads, state buffers keeping their shapes and dtypes."
+    for (name, g), u in zip(_leaves_with_names("grads", grads), jax.tree_util.tree_leaves(updates)):
+        if np.shape(u) != np.shape(g):
+            raise ValueError(f"{name} has shape {np.shape(g)}, but the optimizer state was built for {np.shape(u)}")
+    for (name, old), new in zip(_leaves_with_names("state", old_state), jax.tree_util.tree_leaves(new_state)):
+        if np.shape(old) != np.shape(new) or jnp.result_type(old) != jnp.result_type(new):
+            raise ValueError(f"grads do not match the parameters the optimizer state was built for: {name} would change "
+                             f"from {jnp.result_type(old)}{list(np.shape(old))} to {jnp.result_type(new)}{list(np.shape(new))}")
+
+def _checked_step(tx, grads, state, params, extra):
+    _check_inputs(grads, params, extra.get("value"))
+    updates, new_state = tx.update(grads, state, params, **extra)
+    _check_outputs(grads, updates, state, new_state)
+    return updates, new_state
+
+def guard_nonfinite(tx: GradientTransformation, # the transform to protect
+                    policy: str | None="raise", # "raise", "skip" or `None` (the trace-time checks only)
+                   ) -> GradientTransformation:
+    "Wrap `tx`: bad shapes and dtypes raise while tracing; a non-finite step raises, or is skipped, as `policy` says."
+    if policy not in ("raise", "skip", None): raise ValueError(f"nonfinite must be 'raise', 'skip' or None, got {policy!r}")
+    if policy is None:
+        return GradientTransformation(lambda params: tx.init(check_float_arrays("params", params)),
+                                      lambda grads, state, params=None, **extra: _checked_step(tx, grads, state, params, extra))
+
+    def init(params): return GuardedState(tx.init(check_float_arrays("params", params)), jnp.zeros([], jnp.int32))
 
     def update(grads, state, params=None, **extra):
-        per_leaf = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
-        finite = jnp.all(jnp.stack(per_leaf))
+        updates, inner = _checked_step(tx, grads, state.inner, params, extra)
+        value = extra.get("value")
+        value_finite = jnp.isfinite(value) if value is not None else jnp.array(True)
+        finite = value_finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)]))
         if policy == "raise":
-            paths = jax.tree_util.tree_flatten_with_path(grads)[0]
-            names = ["grads" + jax.tree_util.keystr(p) for p, _ in paths]
+            names = [name for name, _ in _leaves_with_names("grads", grads)]
             count = _step_count(state.inner)
-            jax.lax.cond(finite, lambda: None,
-                         lambda: jax.debug.callback(_raise_nonfinite, jnp.stack(per_leaf), count, names=names))
-            updates, inner = tx.update(grads, state.inner, params, **extra)
+            # the per-leaf diagnosis is traced in the failure branch: a good step pays one reduction over the updates
+            jax.lax.cond(finite, lambda: None, lambda: jax.debug.callback(
+                _raise_nonfinite, finite, jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]),
+                value_finite, count, names=names))
             return updates, GuardedState(inner, state.skipped)
-        def step(_): return tx.update(grads, state.inner, params, **extra)
-        def skip(_):
-            shapes = jax.eval_shape(step, None)
-            return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0]), state.inner
-        # a cond, not a select: a good step costs one reduction over the gradients and nothing more
-        updates, inner = jax.lax.cond(finite, step, skip, None)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, updates)
+        updates, inner = jax.lax.cond(finite, lambda: (updates, inner), lambda: (zeros, state.inner))
         return updates, GuardedState(inner, state.skipped + (~finite).astype(jnp.int32))
     return GradientTransformation(init, update)
