@@ -241,7 +241,7 @@ def test_grad_shape_is_checked_on_every_call():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(eps=-1), "eps must be > 0"), (dict(min_batch=1), "min_batch"), (dict(stop_crit_prob=1.0), "stop_crit_prob"),
+    (dict(eps=-1), r"eps must be in \(0, 1\)"), (dict(eps=1.0), r"eps must be in \(0, 1\)"), (dict(min_batch=1), "min_batch"), (dict(stop_crit_prob=1.0), "stop_crit_prob"),
     (dict(re_part=1), "re_part"), (dict(max_cost=0), "max_cost"), (dict(policy="drop"), "policy must be"),
     (dict(re_max_samp=1, re_min_n=5), "re_max_samp")])
 def test_bad_hyperparameters_are_named(kwargs, message):

@@ -48,11 +48,10 @@ class MICE:
                  max_grad_batch_elems: int=5_000_000, # largest `m * d` passed to `grad` in one call
                  seed=None, # seed, JAX key or `Generator` for sampling and resampling; `None` is not reproducible
                 ):
-        check_positive("eps", eps)
+        check_in_range("eps", eps, 0, 1, closed="neither")
         self.min_batch = check_int("min_batch", min_batch, minimum=2)
         self.restart_factor = check_int("restart_factor", restart_factor, minimum=1)
-        if not (isinstance(max_cost, (int, float)) and max_cost > 0) or math.isnan(max_cost):
-            raise ValueError(f"max_cost must be a positive number (inf for no budget), got {max_cost!r}")
+        check_in_range("max_cost", max_cost, 0, math.inf, closed="right")  # inf: no budget
         check_positive("stop_crit_norm", stop_crit_norm, allow_zero=True)
         check_in_range("stop_crit_prob", stop_crit_prob, 0, 1, closed="neither")
         self.re_part = check_int("re_part", re_part, minimum=2)
@@ -99,6 +98,9 @@ def _flat(self, x) -> np.ndarray:
         flat, to_user, shape = np.asarray(vector, dtype=float), unflatten, jax.tree_util.tree_structure(x)
     if self.dim is None:
         if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
+        if self.max_grad_batch_elems < flat.size:
+            raise ValueError(f"max_grad_batch_elems={self.max_grad_batch_elems} is smaller than one gradient row "
+                             f"(x has {flat.size} entries): no batch could honour it")
         self.dim, self._shape, self._to_user = flat.size, shape, to_user
         self._stack = LevelStack(self.dim, self.re_part, self.data_size)
     elif flat.size != self.dim or shape != self._shape:
@@ -140,7 +142,10 @@ def _new_level(self, x: np.ndarray, cost: int) -> int:
 
 @patch_to(MICE)
 def _grads_at(self, level: int, thetas, m: int) -> np.ndarray | None:
-    g = np.asarray(self.grad(self._user_x(self._stack.x[level]), thetas), dtype=float)
+    g = np.asarray(self.grad(self._user_x(self._stack.x[level]), thetas))
+    if g.dtype.kind not in "fiu":  # complex, bool, str and object arrays would be cast or half-detected
+        raise ValueError(f"grad(x, thetas) must return real numbers, got dtype {g.dtype}")
+    g = g.astype(float, copy=False)
     if g.shape != (m, self.dim):
         raise ValueError(f"grad(x, thetas) must return shape ({m}, {self.dim}) for {m} samples, got {g.shape}")
     self.counter += m

@@ -26,14 +26,14 @@ class DropRestartClipPolicy:
     clip_type: str | None = None # `None`, `"full"` (clip at the newest level that holds a whole finite sum) or `"all"`
     clip_every: int = 0 # consider clipping every `clip_every` iterations; 0 means every iteration
 
-    def __post_init__(self):
-        check_positive("drop_param", self.drop_param, allow_zero=True)
-        check_positive("restart_param", self.restart_param, allow_zero=True)
-        check_int("max_hierarchy_size", self.max_hierarchy_size, minimum=1)
-        check_positive("aggr_cost", self.aggr_cost, allow_zero=True)
-        check_int("clip_every", self.clip_every, minimum=0)
-        if self.clip_type not in (None, "full", "all"):
-            raise ValueError(f"clip_type must be None, 'full' or 'all', got {self.clip_type!r}")
+    def __setattr__(self, name, value):
+        # every assignment is checked, the constructor's and a later `policy.drop_param = …` alike
+        if name in ("drop_param", "restart_param", "aggr_cost"): check_positive(name, value, allow_zero=True)
+        elif name == "max_hierarchy_size": check_int(name, value, minimum=1)
+        elif name == "clip_every": check_int(name, value, minimum=0)
+        elif name == "clip_type" and value not in (None, "full", "all"):
+            raise ValueError(f"clip_type must be None, 'full' or 'all', got {value!r}")
+        super().__setattr__(name, value)
 
     def plan_cost(self, sizes, held, cost) -> float:
         "Gradient evaluations still needed by a hierarchy, plus `aggr_cost` per level."

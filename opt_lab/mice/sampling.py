@@ -102,6 +102,15 @@ def _wants_rng(fn) -> bool:
     except (TypeError, ValueError): return False
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
+def _batch_size(batch) -> int | None:
+    "The number of samples in a batch: an array's first axis, a list's length, the common first axis of a tuple's arrays."
+    if hasattr(batch, "shape") and np.ndim(batch) >= 1: return int(np.shape(batch)[0])
+    if isinstance(batch, list): return len(batch)
+    if isinstance(batch, tuple):
+        sizes = {int(np.shape(a)[0]) for a in batch if hasattr(a, "shape") and np.ndim(a) >= 1}
+        return sizes.pop() if len(sizes) == 1 else None
+    return None
+
 class ExpectationSampler:
     "Wraps a user's `sampler(n)` or `sampler(n, rng)`; the two-argument form receives the estimator's generator, which makes `seed=` reproduce the whole run."
     size = None
@@ -111,7 +120,10 @@ class ExpectationSampler:
         self.sampler, self.rng, self.with_rng = sampler, rng, _wants_rng(sampler)
 
     def __call__(self, n: int):
-        return self.sampler(n, self.rng) if self.with_rng else self.sampler(n)
+        batch = self.sampler(n, self.rng) if self.with_rng else self.sampler(n)
+        drawn = _batch_size(batch)
+        if drawn is not None and drawn != n: raise ValueError(f"sampler(n) must return n samples: asked for {n}, got {drawn}")
+        return batch
 
 # %% ../../nbs/23_mice_sampling.ipynb #b2c3270d
 def population_size(sampler) -> int | None:
