@@ -190,6 +190,7 @@ def _checked_step(tx, grads, state, params, extra):
     _check_outputs(grads, updates, state, new_state)
     return updates, new_state
 
+# %% ../nbs/10_transform.ipynb #5b904426
 def guard_nonfinite(tx: GradientTransformation, # the transform to protect
                     policy: str | None="raise", # "raise", "skip" or `None` (the trace-time checks only)
                    ) -> GradientTransformation:
