@@ -1,4 +1,6 @@
 """Incremental EM: accuracy of log K against scipy, model checks, the seed tutorial's gaps, rules, fitters and bad input."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 from scipy import stats
 from scipy.special import kve
 
-from opt_lab.em import (AffineUpdate, BatchEMFitter, EWMAUpdate, IdentityUpdate, IncrementalEMFitter, NormalInverseGaussian,
+from opt_lab.em import (AffineUpdate, BatchEMFitter, EtaRule, EWMAUpdate, IdentityUpdate, IncrementalEMFitter, NormalInverseGaussian,
                         RobbinsMonroUpdate, SampleWeightedUpdate, Shrinkage, eta0_diagonal, eta0_from_model, eta0_isotropic,
                         eta0_with_sigma, gig_moments, kv_ratio, log_kv_ladder)
 from opt_lab.book.em_tutorial import tutorial_problem, tutorial_rules
@@ -113,12 +115,26 @@ def test_batch_larger_than_n_is_clamped(problem):
     assert np.isfinite(res.final_log_likelihood)
 
 
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class FlipOnEvenSteps(EtaRule):
+    "A rule past every check: on even steps it negates η, which no distribution has (odd steps are plain EM)."
+    def __call__(self, eta_prev, eta_hat, step, batch_size, state):
+        sign = jnp.where(step % 2 == 0, -1.0, 1.0)
+        return jax.tree_util.tree_map(lambda e: sign * e, eta_hat), state
+
+
 def test_inadmissible_eta_is_rejected_not_nan(problem):
-    bad = AffineUpdate(b=0.0, c=-1.0)  # flips every statistic's sign: no distribution has these expectations
-    with pytest.warns(UserWarning, match="rejected"):
-        res = IncrementalEMFitter(batch_size=256, max_steps=5, eta_update=bad).fit(problem["init"], problem["X"], key=0)
-    assert res.rejected_steps == 5
-    for got, start in zip(res.model, problem["init"]): np.testing.assert_array_equal(got, start)
+    with pytest.warns(UserWarning, match="3 of 5 M-steps were rejected"):
+        res = IncrementalEMFitter(batch_size=256, max_steps=5, eta_update=FlipOnEvenSteps()).fit(problem["init"], problem["X"], key=0)
+    assert res.rejected_steps == 3
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in res.model)
+
+
+def test_a_fit_whose_every_step_is_rejected_raises(problem):
+    bad = AffineUpdate.tree_unflatten(None, [None, 0.0, -1.0])  # past the rule's checks: η with every sign flipped
+    with pytest.raises(FloatingPointError, match="every one of the 5 M-steps was rejected"):
+        IncrementalEMFitter(batch_size=256, max_steps=5, eta_update=bad).fit(problem["init"], problem["X"], key=0)
 
 
 def test_outlier_is_flagged():

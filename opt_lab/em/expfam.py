@@ -93,9 +93,12 @@ def as_data(X, # observations, shape `(n, d)`
             name: str="X", # how the argument is called in messages
             min_rows: int=1, # fewest rows accepted
            ) -> jax.Array: # the data as a float64 JAX array (the input is not modified)
-    "Validate observations: two-dimensional, non-empty, finite, of the expected dimension."
+    "Validate observations: real numbers, two-dimensional, non-empty, finite, of the expected dimension."
     require_float64()
-    arr = np.asarray(X, dtype=np.float64)
+    raw = np.asarray(X)
+    # strings would be parsed, complex numbers cut to their real part, objects cast one by one: refuse all three
+    if raw.dtype.kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {raw.dtype}")
+    arr = raw.astype(np.float64, copy=False)
     if arr.ndim != 2:
         hint = " (one variable: pass X[:, None])" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must be a 2-D array of shape (n, d){hint}, got shape {arr.shape}")
@@ -215,7 +218,7 @@ def rvs(self, n: int, seed=None) -> jax.Array:
 def log_prob(self, X) -> jax.Array:
     "Log-density per row of `X` (a single point may be passed as a vector)."
     require_float64(f"{type(self).__name__}.log_prob")
-    X = jnp.asarray(X, dtype=jnp.float64)
+    X = X if isinstance(X, jax.Array) else np.asarray(X)
     single = X.ndim == 1
     out = type(self).log_prob_fn(self, as_data(X[None] if single else X, self.dim))
     return out[0] if single else out

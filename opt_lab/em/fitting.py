@@ -8,8 +8,9 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +18,11 @@ import numpy as np
 from jax import lax
 
 from ..core import as_key, check_int, check_positive, patch_to, pd
-from .expfam import as_data, check_family, check_fit_data, quadratic_forms
+from .expfam import MixtureEta, as_data, check_family, check_fit_data, quadratic_forms
 from .rules import EtaRule, RobbinsMonroUpdate
 
 # %% auto #0
-__all__ = ['DOMINANCE_WARNING', 'EMResult', 'param_change', 'BatchEMFitter', 'IncrementalEMFitter', 'random_starts',
+__all__ = ['DOMINANCE_WARNING', 'EMResult', 'param_change', 'DataUnits', 'BatchEMFitter', 'IncrementalEMFitter', 'random_starts',
            'multi_start']
 
 # %% ../../nbs/45_em_fitting.ipynb #cb060964
@@ -71,6 +72,53 @@ def _diagnose(share) -> float:
                       f"carry {held:.0%} of the dispersion statistic (outliers?)", stacklevel=3)
     return held
 
+# %% ../../nbs/45_em_fitting.ipynb #51577bb8
+def _normalized(model): return model.normalized() if hasattr(model, "normalized") else model
+
+class DataUnits(NamedTuple):
+    "The change of units EM computes in: $x' = (x - \\text{loc})/\\text{scale}$ column by column."
+    loc: jax.Array # column means of the data
+    scale: jax.Array # column standard deviations (1 for a constant column, which `check_fit_data` then refuses)
+
+    @classmethod
+    def of(cls, X) -> DataUnits:
+        "The units of the data `X` (a validated float64 array)."
+        loc = X.mean(axis=0)
+        scale = jnp.sqrt(jnp.mean((X - loc) ** 2, axis=0))  # two passes: no cancellation however large the mean
+        return cls(loc, jnp.where(scale > 0, scale, 1.0))
+
+    def standardise(self, X) -> jax.Array: return (X - self.loc) / self.scale
+
+    @property
+    def log_jacobian(self) -> float:
+        "What converts a mean log-density in standard units to the data's units: $-\\sum_j \\log s_j$."
+        return -float(jnp.log(self.scale).sum())
+
+    def model_in(self, model):
+        "`model` in standard units (in its family's normalisation, if it has one)."
+        s = self.scale
+        return _normalized(model._replace(mu=(model.mu - self.loc) / s, gamma=model.gamma / s, sigma=model.sigma / jnp.outer(s, s)))
+
+    def model_out(self, model):
+        "A model fitted in standard units, in the data's units (in its family's normalisation, if it has one)."
+        s = self.scale
+        return _normalized(model._replace(mu=model.mu * s + self.loc, gamma=model.gamma * s, sigma=model.sigma * jnp.outer(s, s)))
+
+    def eta_in(self, eta: MixtureEta, # statistics in the data's units
+               weight: float=1.0, # the share of a blend the term carries: 1 for the η of a law, 0 for a difference of two
+              ) -> MixtureEta:
+        "Statistics in standard units: $E[X']$, $E[X'/W]$ and $E[X'X'^\\top/W]$ from those of $X$; the mixing moments stay."
+        m, s = self.loc, self.scale
+        centred = eta.xx_inv_w - jnp.outer(m, eta.x_inv_w) - jnp.outer(eta.x_inv_w, m) + eta.inv_w * jnp.outer(m, m)
+        return eta._replace(x=(eta.x - weight * m) / s, x_inv_w=(eta.x_inv_w - eta.inv_w * m) / s, xx_inv_w=centred / jnp.outer(s, s))
+
+    def result_out(self, result: EMResult) -> EMResult:
+        "A fit's result in the data's units: the model, the log-likelihoods and the trace's log-likelihood column."
+        history = result.history.copy()
+        if "log_likelihood" in history: history["log_likelihood"] = history["log_likelihood"] + self.log_jacobian
+        return replace(result, model=self.model_out(result.model), history=history,
+                       log_likelihoods=np.asarray(result.log_likelihoods) + self.log_jacobian)
+
 # %% ../../nbs/45_em_fitting.ipynb #04ddba76
 @jax.jit
 def _mean_log_likelihood(model, X): return type(model).log_prob_fn(model, X).mean()
@@ -83,12 +131,12 @@ def _gauged(family, eta):
 def _e_step_and_ll(model, X): return type(model).e_step_and_ll_fn(model, X)
 
 @jax.jit
-def _batch_iteration(model, eta, X):
+def _batch_iteration(model, eta, X, units):
     "M-step from `model`'s E-step average `eta`, then the new model's E-step average and log-likelihood in one pass."
     family = type(model)
     new = family.m_step_fn(_gauged(family, eta), model)
     new_eta, new_ll = family.e_step_and_ll_fn(new, X)
-    return new, new_eta, new_ll, param_change(new, model)
+    return new, new_eta, new_ll, param_change(units.model_out(new), units.model_out(model))  # |Δparams| in the data's units
 
 def _check_model(model):
     check_family(type(model))
@@ -107,29 +155,38 @@ class BatchEMFitter:
     def fit(self, model, # the starting model (its family is the fitted family)
             X, # observations, shape `(n, d)`
            ) -> EMResult:
-        "Run batch EM from `model`."
+        "Run batch EM from `model`, computing in the data's standard units (`DataUnits`)."
         _check_model(model)
-        X = check_fit_data(as_data(X, model.mu.shape[0]))
-        start = time.perf_counter()
-        eta, ll = _e_step_and_ll(model, X)
-        ll = float(ll)
-        lls, changes, converged = [ll], [], False
-        if self.verbose: print(f"EM [batch] {type(model).__name__}: tol={self.tol:g}, max_iter={self.max_iter}, initial LL={ll:.6f}")
-        for it in range(self.max_iter):
-            new, new_eta, new_ll, change = _batch_iteration(model, eta, X)
-            if not bool(new.is_admissible()):
-                warnings.warn(f"iteration {it + 1} produced an inadmissible model; the previous one is kept", stacklevel=2)
-                break
-            model, eta, new_ll = new, new_eta, float(new_ll)
-            lls.append(new_ll); changes.append(float(change))
-            if self.verbose: print(f"  iter {it + 1:4d}  LL={new_ll:.6f}  ΔLL={new_ll - ll:+.3e}  |Δparams|={float(change):.4e}")
-            converged = new_ll - ll < self.tol
-            ll = new_ll
-            if converged: break
-        elapsed = time.perf_counter() - start
-        history = pd.DataFrame(dict(step=np.arange(1, len(changes) + 1), param_change=changes, log_likelihood=lls[1:]))
-        if self.verbose: print(f"  {'Converged' if converged else 'NOT converged'} after {len(changes)} iterations ({elapsed:.2f}s), final LL={ll:.6f}")
-        return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(_fit_summary(model, X)[1]))
+        X = as_data(X, model.mu.shape[0])
+        units = DataUnits.of(X)
+        return units.result_out(self._fit(units.model_in(model), check_fit_data(units.standardise(X)), units))
+
+# %% ../../nbs/45_em_fitting.ipynb #51072f6e
+@patch_to(BatchEMFitter)
+def _fit(self, model, X, units):
+    "The iterations, in standard units (`units` turns what is printed into the data's units)."
+    start, shift = time.perf_counter(), units.log_jacobian
+    eta, ll = _e_step_and_ll(model, X)
+    ll = float(ll)
+    lls, changes, converged = [ll], [], False
+    if self.verbose: print(f"EM [batch] {type(model).__name__}: tol={self.tol:g}, max_iter={self.max_iter}, initial LL={ll + shift:.6f}")
+    for it in range(self.max_iter):
+        new, new_eta, new_ll, change = _batch_iteration(model, eta, X, units)
+        if not bool(new.is_admissible()):
+            if it == 0: raise FloatingPointError("the first EM iteration produced an inadmissible model: the fit cannot proceed "
+                                                 "from this start (try another start, or check the data for outliers)")
+            warnings.warn(f"iteration {it + 1} produced an inadmissible model; the previous one is kept", stacklevel=2)
+            break
+        model, eta, new_ll = new, new_eta, float(new_ll)
+        lls.append(new_ll); changes.append(float(change))
+        if self.verbose: print(f"  iter {it + 1:4d}  LL={new_ll + shift:.6f}  ΔLL={new_ll - ll:+.3e}  |Δparams|={float(change):.4e}")
+        converged = new_ll - ll < self.tol
+        ll = new_ll
+        if converged: break
+    elapsed = time.perf_counter() - start
+    history = pd.DataFrame(dict(step=np.arange(1, len(changes) + 1), param_change=changes, log_likelihood=lls[1:]))
+    if self.verbose: print(f"  {'Converged' if converged else 'NOT converged'} after {len(changes)} iterations ({elapsed:.2f}s), final LL={ll + shift:.6f}")
+    return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(_fit_summary(model, X)[1]))
 
 # %% ../../nbs/45_em_fitting.ipynb #259ae34f
 def _visit_order(key, n: int, epochs: int) -> jax.Array:
@@ -141,8 +198,13 @@ def _visit_order(key, n: int, epochs: int) -> jax.Array:
 
 def _keep_if(ok, new, old): return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
+def _term_in_units(units, family, term, weight):
+    "A rule's η term in standard units; a target η (weight 1) also in the family's gauge, like the running estimate."
+    term = units.eta_in(term, weight)
+    return _gauged(family, term) if weight == 1.0 else term
+
 @partial(jax.jit, static_argnames=("length", "batch_size", "inner_iter"))
-def _incremental_steps(carry, rule, X, order, first, length, batch_size, inner_iter):
+def _incremental_steps(carry, rule, X, units, order, first, length, batch_size, inner_iter):
     def step(carry, t):
         model, eta, state, rejected = carry
         family = type(model)
@@ -161,7 +223,7 @@ def _incremental_steps(carry, rule, X, order, first, length, batch_size, inner_i
         ok = cand.is_admissible()
         new = _keep_if(ok, cand, mid)
         carry = (new, _keep_if(ok, eta_new, eta), _keep_if(ok, state_new, state), rejected + (~ok).astype(jnp.int32))
-        return carry, param_change(new, model)
+        return carry, param_change(units.model_out(new), units.model_out(model))  # |Δparams| in the data's units
     return lax.scan(step, carry, first + jnp.arange(length))
 
 def _progress(done, total, width=30):
@@ -195,22 +257,25 @@ class IncrementalEMFitter:
             X, # observations, shape `(n, d)`
             key=None, # JAX key or int seed for the batches; `None` draws fresh entropy (not reproducible)
            ) -> EMResult:
-        "Run incremental EM from `model`."
+        "Run incremental EM from `model`, computing in the data's standard units (`DataUnits`)."
         _check_model(model)
-        X = check_fit_data(as_data(X, model.mu.shape[0]))
+        X = as_data(X, model.mu.shape[0])
+        units = DataUnits.of(X)
+        model, X = units.model_in(model), check_fit_data(units.standardise(X))
+        rule = self.eta_update.in_units(partial(_term_in_units, units, type(model)))
         pin_cpu = "cpu" in (self.e_step_backend, self.m_step_backend)
         if pin_cpu:
-            with jax.default_device(jax.devices("cpu")[0]): return self._fit(model, X, key)
-        return self._fit(model, X, key)
+            with jax.default_device(jax.devices("cpu")[0]): return units.result_out(self._fit(model, X, key, units, rule))
+        return units.result_out(self._fit(model, X, key, units, rule))
 
 # %% ../../nbs/45_em_fitting.ipynb #50e88b7d
 @patch_to(IncrementalEMFitter)
-def _fit(self, model, X, key):
-    start = time.perf_counter()
+def _fit(self, model, X, key, units, rule):
+    start, shift = time.perf_counter(), units.log_jacobian
     n = X.shape[0]
     size, steps = min(self.batch_size, n), self.max_steps
     order = _visit_order(as_key(key), n, max(1, -(-steps * size // n)))
-    carry = (model, _gauged(type(model), model.expectation_params()), self.eta_update.init_state(), jnp.int32(0))
+    carry = (model, _gauged(type(model), model.expectation_params()), rule.init_state(), jnp.int32(0))
     if self.verbose:
         print(f"EM [incremental] {type(model).__name__}: rule={type(self.eta_update).__name__}, batch_size={size}, "
               f"max_steps={steps}, inner_iter={self.inner_iter}")
@@ -220,19 +285,22 @@ def _fit(self, model, X, key):
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         pieces = np.unique(np.linspace(lo, hi, 11 if bar else 2).round().astype(int))
         for a, b in zip(pieces[:-1], pieces[1:]):
-            carry, change = _incremental_steps(carry, self.eta_update, X, order, int(a), int(b - a), size, self.inner_iter)
+            carry, change = _incremental_steps(carry, rule, X, units, order, int(a), int(b - a), size, self.inner_iter)
             changes.append(change)
             if bar: _progress(int(b), steps)
         if self.verbose:
             ll = float(_mean_log_likelihood(carry[0], X))
             lls.append(ll); rows.append((int(hi), ll))
             if bar: sys.stdout.write("\r")
-            print(f"  step {int(hi):4d}/{steps}  LL={ll:.6f}  |Δparams|={float(changes[-1][-1]):.4e}")
+            print(f"  step {int(hi):4d}/{steps}  LL={ll + shift:.6f}  |Δparams|={float(changes[-1][-1]):.4e}")
     fitted, rejected = carry[0], int(carry[3])
     final_ll, share = _fit_summary(fitted, X)
     if not self.verbose: lls.append(float(final_ll))
     elapsed = time.perf_counter() - start
-    if self.verbose: print(f"  Done ({elapsed:.2f}s), final LL={lls[-1]:.6f}")
+    if self.verbose: print(f"  Done ({elapsed:.2f}s), final LL={lls[-1] + shift:.6f}")
+    if rejected == steps > 0:
+        raise FloatingPointError(f"every one of the {steps} M-steps was rejected (inadmissible η): the fit cannot proceed from this "
+                                 "start with this rule (try another start or rule, or check the data for outliers)")
     if rejected: warnings.warn(f"{rejected} of {steps} M-steps were rejected (inadmissible η); the previous model was kept each time", stacklevel=3)
     history = pd.DataFrame(dict(step=np.arange(1, steps + 1), param_change=np.concatenate([np.asarray(c) for c in changes]) if changes else []))
     if rows: history = history.merge(pd.DataFrame(rows, columns=["step", "log_likelihood"]), on="step", how="left")

@@ -38,6 +38,11 @@ class EtaRule:
         for f, v in zip(dataclasses.fields(cls), leaves): object.__setattr__(rule, f.name, v)
         return rule
 
+    def in_units(self, eta_in):
+        """The same rule for data in other units. `eta_in(term, weight)` maps a term of the blend that carries
+        `weight` of its total: a target η (weight 1) or an additive term. A rule that holds no η returns itself."""
+        return self
+
 def _blend(b, prev, c, new, a=None):
     "$a+b\\,\\eta_{prev}+c\\,\\eta_{new}$ field by field."
     out = jax.tree_util.tree_map(lambda p, n: b * p + c * n, prev, new)
@@ -80,14 +85,19 @@ class EWMAUpdate(EtaRule):
 class AffineUpdate(EtaRule):
     "A constant blend $\\eta_t=a+b\\,\\eta_{t-1}+c\\,\\hat\\eta_t$ (with $a$ a `MixtureEta` or `None`)."
     a: MixtureEta | None = None # additive term
-    b: float = 0.0 # weight of the previous estimate
-    c: float = 1.0 # weight of the batch
+    b: float = 0.0 # weight of the previous estimate, in [0, 1): the recursion forgets its start
+    c: float = 1.0 # weight of the batch, > 0; without `a`, b + c = 1
     def __post_init__(self):
-        for name in ("b", "c"):
-            if not math.isfinite(float(getattr(self, name))): raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        b, c = check_in_range("b", self.b, 0, 1, closed="left"), check_positive("c", self.c)
         if self.a is not None and not isinstance(self.a, MixtureEta): raise ValueError(f"a must be a MixtureEta or None, got {type(self.a).__name__}")
+        if self.a is None and abs(b + c - 1) > 1e-9:
+            raise ValueError(f"without a, b + c must be 1 (a weighted mean of the previous and the batch estimate), got b={b!r}, "
+                             f"c={c!r}: the blend would settle at c/(1-b) = {c / (1 - b):.4g} times the batch estimate")
     def __call__(self, eta_prev, eta_hat, step, batch_size, state):
         return _blend(self.b, eta_prev, self.c, eta_hat, self.a), state
+    def in_units(self, eta_in):
+        "`a` mapped as the term that carries the weight $1-b-c$ the two estimates leave."
+        return self if self.a is None else dataclasses.replace(self, a=eta_in(self.a, 1.0 - self.b - self.c))
 
 # %% ../../nbs/44_em_rules.ipynb #aa3e05fb
 def _per_field_tau(tau, eta0: MixtureEta) -> MixtureEta:
@@ -115,6 +125,9 @@ class Shrinkage(EtaRule):
     def init_state(self):
         "The base rule's state."
         return self.base_rule.init_state()
+    def in_units(self, eta_in):
+        "The base rule and the target in other units; τ acts on the statistics in those units."
+        return dataclasses.replace(self, base_rule=self.base_rule.in_units(eta_in), eta0=eta_in(self.eta0, 1.0))
     def __call__(self, eta_prev, eta_hat, step, batch_size, state):
         eta, state = self.base_rule(eta_prev, eta_hat, step, batch_size, state)
         return jax.tree_util.tree_map(lambda e, z, t: (e + t * z) / (1.0 + t), eta, self.eta0, self.tau), state
