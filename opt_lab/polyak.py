@@ -218,6 +218,10 @@ class PolyakSGD:
         "The hyper-parameters as they are now, checked (they may have been changed since the last call)."
         _check_variant(self.variant)
         check_int("maxiter", self.maxiter, minimum=0)
+        for name in ("fun", "pre_update"):
+            value = getattr(self, name)
+            if not callable(value) and not (name == "pre_update" and value is None):
+                raise ValueError(f"{name} must be callable, got {type(value).__name__}")
         for name, value in (("jit", self.jit), ("unroll", self.unroll)):
             if value not in (True, False, "auto"): raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
         if self.implicit_diff_solve is not None and not callable(self.implicit_diff_solve):

@@ -21,7 +21,7 @@ __all__ = ['momentum_stages', 'sgd', 'quadratic_rate', 'check_spectrum', 'optima
 # %% ../nbs/11_sgd.ipynb #e674dc01
 def _is_zero(x) -> bool:
     "Whether `x` is a concrete number equal to 0 (traced values never are: they may vary under vmap)."
-    return isinstance(x, (int, float)) and x == 0
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 def momentum_stages(learning_rate, # α or a schedule
                     momentum: float, # β; 0 leaves momentum out

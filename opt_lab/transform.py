@@ -31,7 +31,8 @@ class GradientTransformation(NamedTuple):
 def apply_updates(params, # the current parameters (a pytree)
                   updates, # what the optimizer returned, same structure
                  ):
-    "`params + updates`, leaf by leaf, keeping each parameter's dtype."
+    "`params + updates`, leaf by leaf, keeping each parameter's dtype; real floating leaves of matching shapes only (checked while tracing)."
+    check_same_structure("updates", updates, check_float_arrays("params", params))
     return jax.tree_util.tree_map(lambda p, u: (p + u).astype(jnp.result_type(p)), params, updates)
 
 # %% ../nbs/10_transform.ipynb #083477aa

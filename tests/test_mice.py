@@ -223,7 +223,8 @@ def test_nonfinite_gradients_end_the_run_and_never_return_nan():
         if calls[0] > 6: out[0, 0] = np.nan
         return out
     est = MICE(grad, QUAD["sampler"], seed=0)
-    x = drive(est, QUAD["x0"], 1 / QUAD["L"])
+    with pytest.warns(RuntimeWarning, match="MICE stopped: nonfinite_gradient"):
+        x = drive(est, QUAD["x0"], 1 / QUAD["L"])
     assert est.terminate_reason.startswith("nonfinite_gradient") and "level" in est.terminate_reason
     assert np.isfinite(x).all()
     with pytest.raises(RuntimeError, match="has ended"): est(x)

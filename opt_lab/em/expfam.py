@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import as_key, check_int, patch_to
+from ..core import as_key, check_int, check_positive, check_real, patch_to
 
 # %% auto #0
 __all__ = ['FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step',
-           'normal_eta', 'quadratic_forms', 'as_data', 'check_fit_data', 'check_normal_part', 'moment_start',
-           'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
+           'normal_eta', 'quadratic_forms', 'real_float64', 'as_data', 'check_fit_data', 'check_normal_part',
+           'moment_start', 'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 def require_float64(what: str="opt_lab.em", # what needs it, for the message
@@ -88,6 +88,15 @@ def quadratic_forms(mu: jax.Array, # location, shape `(d,)`
     return (z * z).sum(1), g @ g, z @ g, 2 * jnp.log(jnp.diag(chol)).sum()
 
 # %% ../../nbs/41_em_expfam.ipynb #79ef0193
+def real_float64(name: str, # the argument's name, for the message
+                 value, # an array-like of numbers
+                ) -> np.ndarray:
+    "`value` as a float64 NumPy array if it holds real numbers (integers are promoted), without a copy when it already is one."
+    raw = np.asarray(value)
+    # strings would be parsed, complex numbers cut to their real part, objects cast one by one: refuse all three
+    if raw.dtype.kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {raw.dtype}")
+    return raw.astype(np.float64, copy=False)
+
 def as_data(X, # observations, shape `(n, d)`
             dim: int | None=None, # the dimension a model expects, if any
             name: str="X", # how the argument is called in messages
@@ -95,10 +104,7 @@ def as_data(X, # observations, shape `(n, d)`
            ) -> jax.Array: # the data as a float64 JAX array (the input is not modified)
     "Validate observations: real numbers, two-dimensional, non-empty, finite, of the expected dimension."
     require_float64()
-    raw = np.asarray(X)
-    # strings would be parsed, complex numbers cut to their real part, objects cast one by one: refuse all three
-    if raw.dtype.kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {raw.dtype}")
-    arr = raw.astype(np.float64, copy=False)
+    arr = real_float64(name, X)
     if arr.ndim != 2:
         hint = " (one variable: pass X[:, None])" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must be a 2-D array of shape (n, d){hint}, got shape {arr.shape}")
@@ -142,7 +148,7 @@ def check_fit_data(X: jax.Array, # validated observations
 def check_normal_part(mu, gamma, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Validate $(\\mu,\\gamma,\\Sigma)$: matching shapes, finite, $\\Sigma$ symmetric positive definite; float64 copies."
     require_float64()
-    mu, gamma, sigma = (np.array(v, dtype=np.float64) for v in (mu, gamma, sigma))
+    mu, gamma, sigma = (real_float64(name, v).copy() for name, v in (("mu", mu), ("gamma", gamma), ("sigma", sigma)))
     if mu.ndim != 1: raise ValueError(f"mu must be a vector, got shape {mu.shape}")
     d = mu.shape[0]
     if gamma.shape != (d,): raise ValueError(f"gamma must have shape ({d},) like mu, got {gamma.shape}")
@@ -187,9 +193,8 @@ class NormalMixture:
             raise ValueError(f"{cls.__name__} takes the mixing parameters {names} got {sorted(mixing)}")
         mu, gamma, sigma = check_normal_part(mu, gamma, sigma)
         for name in cls.mixing_fields:
-            value = mixing[name]
-            if np.ndim(value) != 0 or not np.isfinite(float(value)): raise ValueError(f"{name} must be a finite scalar, got {value!r}")
-            if name in cls.positive_fields and not float(value) > 0: raise ValueError(f"{name} must be positive, got {value!r}")
+            value = check_real(name, mixing[name])
+            if name in cls.positive_fields: check_positive(name, value)
         return cls(jnp.asarray(mu), jnp.asarray(gamma), jnp.asarray(sigma), *(jnp.float64(mixing[f]) for f in cls.mixing_fields))
 
     @classmethod

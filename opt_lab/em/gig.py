@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import digamma, gammaln, polygamma
 
-from ..core import as_key, check_int
+from ..core import as_key, check_int, check_real
 from .kv import log_kv, log_kv_and_ratio
 
 # %% auto #0
@@ -255,8 +255,7 @@ class GIG(NamedTuple):
     @classmethod
     def from_params(cls, p: float, a: float, b: float) -> GIG:
         "Build a GIG, checking that the parameters give a proper law ($a=0$ needs $p<0$, $b=0$ needs $p>0$)."
-        for name, value in (("p", p), ("a", a), ("b", b)):
-            if np.ndim(value) != 0 or not math.isfinite(float(value)): raise ValueError(f"{name} must be a finite scalar, got {value!r}")
+        p, a, b = (float(check_real(name, value)) for name, value in (("p", p), ("a", a), ("b", b)))
         if a < 0 or b < 0: raise ValueError(f"a and b must be >= 0, got a={a!r}, b={b!r}")
         if (a == 0 and not p < 0) or (b == 0 and not p > 0):
             raise ValueError(f"GIG(p={p}, a={a}, b={b}) is not a distribution: a = 0 needs p < 0 and b = 0 needs p > 0")

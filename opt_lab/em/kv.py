@@ -117,9 +117,20 @@ def _log_kv_jvp(primals, tangents):
     by_argument = -(ratio + jnp.abs(nu) / z)
     return log_k, by_order * d_nu + by_argument * d_z
 
-@jax.jit
-def log_kv(nu: jax.Array, # order, any real
-           z: jax.Array, # argument, positive
+_log_kv_compiled = jax.jit(_log_kv)
+
+def _check_log_kv_args(nu, z):
+    "Refuse what has no finite log K: non-real input, an order that is NaN or infinite, an argument that is NaN or not positive."
+    for name, value in (("nu", nu), ("z", z)):
+        kind = np.asarray(value).dtype.kind
+        if kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {np.asarray(value).dtype}")
+    nu, z = np.asarray(nu, dtype=float), np.asarray(z, dtype=float)
+    if not np.isfinite(nu).all(): raise ValueError(f"nu must be finite, got {float(nu[~np.isfinite(nu)].ravel()[0])!r}")
+    if not (z > 0).all(): raise ValueError(f"z must be > 0, got {float(z[~(z > 0)].ravel()[0])!r}")
+
+def log_kv(nu: jax.Array, # order, any finite real
+           z: jax.Array, # argument, > 0
           ) -> jax.Array: # $\log K_\nu(z)$
-    "Log of the modified Bessel function of the second kind, real order, float64, differentiable in `nu` and `z`."
-    return _log_kv(nu, z)
+    "Log of the modified Bessel function of the second kind, real order, float64, differentiable in `nu` and `z`; bad input raises."
+    if not any(isinstance(v, jax.core.Tracer) for v in (nu, z)): _check_log_kv_args(nu, z)  # under a trace the caller has checked
+    return _log_kv_compiled(nu, z)

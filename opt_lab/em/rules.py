@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import check_in_range, check_positive
+from ..core import check_finite, check_in_range, check_positive
 from .expfam import MixtureEta
 
 # %% auto #0
@@ -109,7 +109,7 @@ def _per_field_tau(tau, eta0: MixtureEta) -> MixtureEta:
     if not isinstance(tau, MixtureEta): tau = MixtureEta(*([tau] * len(MixtureEta._fields)))
     tau = tau._replace(log_w=None if eta0.log_w is None else tau.log_w)
     for name, value in zip(MixtureEta._fields, tau):
-        if value is not None: check_positive(f"tau[{name}]", float(value), allow_zero=True)
+        if value is not None: check_positive(f"tau[{name}]", value, allow_zero=True)
     return jax.tree_util.tree_map(jnp.float64, tau)
 
 @_rule
@@ -121,6 +121,7 @@ class Shrinkage(EtaRule):
     def __post_init__(self):
         if not isinstance(self.base_rule, EtaRule): raise ValueError(f"base_rule must be an η-update rule, got {type(self.base_rule).__name__}")
         if not isinstance(self.eta0, MixtureEta): raise ValueError(f"eta0 must be a MixtureEta, got {type(self.eta0).__name__}")
+        check_finite("eta0", self.eta0)
         object.__setattr__(self, "tau", _per_field_tau(self.tau, self.eta0))
     def init_state(self):
         "The base rule's state."

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -62,6 +63,7 @@ class MICE:
         self.max_grad_batch_elems = check_int("max_grad_batch_elems", max_grad_batch_elems, minimum=1)
         if policy is not None and not isinstance(policy, DropRestartClipPolicy):
             raise ValueError(f"policy must be a DropRestartClipPolicy, got {type(policy).__name__}")
+        if not callable(grad): raise ValueError(f"grad must be callable as grad(x, thetas), got {type(grad).__name__}")
         self.grad, self.sampler = grad, sampler
         self.data_size = population_size(sampler)
         self.finite = self.data_size is not None
@@ -90,12 +92,15 @@ class MICE:
 def _flat(self, x) -> np.ndarray:
     "Validate `x` and return it as a flat float64 vector; the first call fixes the structure."
     if isinstance(x, (np.ndarray, float, int, list)) or np.isscalar(x):
-        flat, to_user = np.asarray(x, dtype=float), None
+        flat, to_user = np.asarray(x), None
         shape = flat.shape
         flat = flat.ravel()
     else:
         vector, unflatten = flatten_params(x)
-        flat, to_user, shape = np.asarray(vector, dtype=float), unflatten, jax.tree_util.tree_structure(x)
+        flat, to_user, shape = np.asarray(vector), unflatten, jax.tree_util.tree_structure(x)
+    # strings would be parsed and complex numbers cut to their real part: only real numbers (integers promoted)
+    if flat.dtype.kind not in "fiu": raise ValueError(f"x must hold real numbers, got dtype {flat.dtype}")
+    flat = flat.astype(float, copy=False)
     if self.dim is None:
         if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
         if self.max_grad_batch_elems < flat.size:
@@ -115,6 +120,8 @@ def _user_x(self, flat: np.ndarray):
 @patch_to(MICE)
 def _end(self, reason: str):
     self.terminate, self.terminate_reason = True, reason
+    # the run ends with a zero step either way; a bad gradient must not look like a finished run
+    if reason.startswith("nonfinite"): warnings.warn(f"MICE stopped: {reason}", RuntimeWarning, stacklevel=4)
 
 # %% ../../nbs/28_mice_estimator.ipynb #32270cb3
 def _use_generator(self, generator: np.random.Generator):

@@ -133,4 +133,6 @@ def population_size(sampler) -> int | None:
         raise ValueError(f"sampler must be a callable n -> batch, an array or a sequence, got {type(sampler).__name__}")
     n = len(sampler)
     if n < 2: raise ValueError(f"sampler must hold at least 2 samples, got {n}")
+    if isinstance(sampler, np.ndarray) and sampler.dtype.kind in "fc" and not np.isfinite(sampler).all():
+        raise ValueError(f"sampler (the data set) has {int((~np.isfinite(sampler)).sum())} non-finite entries out of {sampler.size}")
     return n
