@@ -62,7 +62,7 @@ def adam(learning_rate: float | Callable=0.001, # step size α, or a schedule
         ) -> GradientTransformation:
     "Adam: bias-corrected first and second moments of the gradient (Kingma & Ba 2015)."
     stages = chain(scale_by_adam(b1, b2, eps, eps_root, bias_correction), scale_by_schedule(learning_rate, 1.0 if ascent else -1.0))
-    return guard_nonfinite(stages, nonfinite)
+    return guard_nonfinite(stages, nonfinite, learning_rate)
 
 # %% ../nbs/14_adam.ipynb #c103d6b3
 class GradientMemory:

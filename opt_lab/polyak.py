@@ -86,7 +86,8 @@ def polyak_sgd(max_stepsize: float=1.0, # γ_b, the cap on the step size (> 0)
     "SGD with the stochastic Polyak step (Loizou et al. 2021); `update` needs `value=`, the loss at `params`."
     # the buffer is kept at β = 0 too: v ← 0·v − γg compiles to the same rounding as the solver's update
     stages = [scale_by_polyak(max_stepsize, delta, fun_min, variant), trace(momentum)]
-    return guard_nonfinite(chain(*stages), nonfinite)
+    # its step size comes from value and grads, which the guard checks, and is capped by max_stepsize
+    return guard_nonfinite(chain(*stages), nonfinite, max_stepsize)
 
 # %% ../nbs/15_polyak.ipynb #05e25dc8
 class OptStep(NamedTuple):

@@ -63,4 +63,4 @@ def rmsprop(learning_rate: float | Callable=0.001, # step size α, or a schedule
     "RMSprop: gradient steps divided by the root mean square of recent gradients (Tieleman & Hinton 2012)."
     rms = scale_by_rms(decay, eps, eps_in_sqrt, initial_scale, bias_correction)
     stages = momentum_stages(learning_rate, momentum, nesterov, lr_in_momentum, 1.0 if ascent else -1.0)
-    return guard_nonfinite(chain(rms, *stages), nonfinite)
+    return guard_nonfinite(chain(rms, *stages), nonfinite, learning_rate)

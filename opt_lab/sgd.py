@@ -46,7 +46,7 @@ def sgd(learning_rate: float | Callable=0.01, # step size α, or a schedule `cou
        ) -> GradientTransformation:
     "Stochastic gradient descent, with heavy-ball or Nesterov momentum (Robbins & Monro 1951; Polyak 1964; Nesterov 1983)."
     stages = momentum_stages(learning_rate, momentum, nesterov, lr_in_momentum, 1.0 if ascent else -1.0)
-    return guard_nonfinite(chain(*stages), nonfinite)
+    return guard_nonfinite(chain(*stages), nonfinite, learning_rate)
 
 # %% ../nbs/11_sgd.ipynb #3525e11f
 def quadratic_rate(step: float, # constant step size α

@@ -150,7 +150,7 @@ class GuardedState(NamedTuple):
 # %% ../nbs/10_transform.ipynb #e1e7822d
 def _raise_nonfinite(step_finite, grads_finite, value_finite, count, names):
     # under `vmap` a cond runs both branches, so the callback is also called for good steps: it decides for itself
-    if np.all(step_finite): return
+    if np.all(step_finite): return np.zeros(np.shape(step_finite), np.int32)
     grads_finite = np.asarray(grads_finite).reshape(-1, len(names)).all(axis=0)
     bad = [n for n, ok in zip(names, grads_finite) if not ok]
     if bad: cause = f"grads has non-finite values (nan or inf) in {', '.join(bad)}"
@@ -166,6 +166,18 @@ def _step_count(state) -> jax.Array:
         if "count" in getattr(s, "_fields", ()): return s.count  # a NamedTuple field, not `tuple.count`
         if isinstance(s, tuple): pending.extend(s)
     return jnp.zeros([], jnp.int32)
+
+def _nan_if_nonfinite(x) -> jax.Array:
+    "0 when every entry of `x` is finite, nan otherwise: x·0 summed, as a matrix-vector product XLA runs on all cores."
+    flat = jnp.asarray(x).reshape(-1)
+    # a vectorised `max` may drop a nan, and a plain sum reduces on one core; a zero vector keeps nan and inf (0·inf = nan)
+    rows = next((k for k in (64, 32, 16, 8, 4, 2) if flat.size % k == 0), 1)
+    return jnp.sum(flat.reshape(rows, -1) @ jnp.zeros(flat.size // rows, flat.dtype))
+
+def _all_finite(*trees) -> jax.Array:
+    "True when every entry of every leaf of `trees` is finite."
+    checks = [jnp.isfinite(_nan_if_nonfinite(x)) for x in jax.tree_util.tree_leaves(trees)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 def _check_inputs(grads, params, value):
     "The trace-time checks of `update`'s arguments."
@@ -194,29 +206,35 @@ def _checked_step(tx, grads, state, params, extra):
 # %% ../nbs/10_transform.ipynb #5b904426
 def guard_nonfinite(tx: GradientTransformation, # the transform to protect
                     policy: str | None="raise", # "raise", "skip" or `None` (the trace-time checks only)
+                    learning_rate: float | Callable | None=None, # `tx`'s step size or schedule, when every other number in `tx` is checked at construction
                    ) -> GradientTransformation:
     "Wrap `tx`: bad shapes and dtypes raise while tracing; a non-finite step raises, or is skipped, as `policy` says."
     if policy not in ("raise", "skip", None): raise ValueError(f"nonfinite must be 'raise', 'skip' or None, got {policy!r}")
     if policy is None:
         return GradientTransformation(lambda params: tx.init(check_float_arrays("params", params)),
                                       lambda grads, state, params=None, **extra: _checked_step(tx, grads, state, params, extra))
+    schedule = None if learning_rate is None else as_schedule(learning_rate)
 
     def init(params): return GuardedState(tx.init(check_float_arrays("params", params)), jnp.zeros([], jnp.int32))
 
     def update(grads, state, params=None, **extra):
-        updates, inner = _checked_step(tx, grads, state.inner, params, extra)
-        value = extra.get("value")
-        value_finite = jnp.isfinite(value) if value is not None else jnp.array(True)
-        finite = value_finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree_util.tree_leaves(updates)]))
+        value, count = extra.get("value"), _step_count(state.inner)
+        step = lambda: _checked_step(tx, grads, state.inner, params, extra)
+        if schedule is not None:  # the step's inputs decide, before it is taken: one read of the grads
+            finite = _all_finite(grads, value, schedule(count))
+        else:                     # any transform: the updates themselves decide
+            updates, inner = step()
+            finite = _all_finite(updates, value)
+            step = lambda: (updates, inner)
         if policy == "raise":
-            names = [name for name, _ in _leaves_with_names("grads", grads)]
-            count = _step_count(state.inner)
-            # the per-leaf diagnosis is traced in the failure branch: a good step pays one reduction over the updates
-            jax.lax.cond(finite, lambda: None, lambda: jax.debug.callback(
-                _raise_nonfinite, finite, jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]),
-                value_finite, count, names=names))
-            return updates, GuardedState(inner, state.skipped)
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, updates)
-        updates, inner = jax.lax.cond(finite, lambda: (updates, inner), lambda: (zeros, state.inner))
+            # a pure callback, traced in the failure branch only, so a good step runs asynchronously like an unguarded one
+            fail = lambda: jax.pure_callback(
+                partial(_raise_nonfinite, names=[name for name, _ in _leaves_with_names("grads", grads)]),
+                jax.ShapeDtypeStruct((), jnp.int32), finite, jnp.stack([_all_finite(g) for g in jax.tree_util.tree_leaves(grads)]),
+                _all_finite(value), count, vmap_method="broadcast_all")
+            updates, inner = step()
+            return updates, GuardedState(inner, state.skipped + jax.lax.cond(finite, lambda: jnp.int32(0), fail))
+        no_step = lambda: (jax.tree_util.tree_map(lambda u: jnp.zeros(u.shape, u.dtype), jax.eval_shape(step)[0]), state.inner)
+        updates, inner = jax.lax.cond(finite, step, no_step)
         return updates, GuardedState(inner, state.skipped + (~finite).astype(jnp.int32))
     return GradientTransformation(init, update)

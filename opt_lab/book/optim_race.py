@@ -181,7 +181,7 @@ def _numpy_stepper(step):
     return run
 
 # %% ../../nbs/18_optim_race.ipynb #43a275d8
-def bench_optim(sizes: tuple=(1_000, 100_000, 1_000_000), # total numbers of float32 parameters
+def bench_optim(sizes: tuple=(1_000, 100_000, 1_000_000, 10_000_000), # total numbers of float32 parameters
                 steps: int=200, # steps per timing
                 repeats: int=5, # timings per cell (the best is reported)
                 progress: bool=False, # a line on standard error per finished row (the CLI turns it on)
