@@ -19,8 +19,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['pd', 'PALETTE', 'as_key', 'as_generator', 'flatten_params', 'check_positive', 'check_in_range', 'check_real',
-           'check_int', 'check_finite', 'check_shape', 'check_same_structure', 'check_float_arrays', 'LazyModule',
-           'History', 'patch_to', 'numpy_precision', 'alias_modules']
+           'check_int', 'check_finite', 'check_shape', 'check_same_structure', 'check_float_arrays', 'real_float64',
+           'LazyModule', 'History', 'patch_to', 'numpy_precision', 'alias_modules']
 
 # %% ../nbs/00_core.ipynb #f54d1aa3
 def _is_key(x) -> bool:
@@ -207,6 +207,15 @@ def check_float_arrays(name: str, # the argument's name
             hint = _DTYPE_HINTS.get(dtype.kind, "only real floating arrays can be optimized")
             raise ValueError(f"{leaf_name} must have a real floating dtype, got {dtype} ({hint})")
     return tree
+
+# %% ../nbs/00_core.ipynb #7579c7f4
+def real_float64(name: str, # the argument's name, for the message
+                 value, # an array-like of numbers
+                ) -> np.ndarray:
+    "`value` as a float64 NumPy array if it holds real numbers (integers are promoted), without a copy when it already is one."
+    raw = np.asarray(value)
+    if raw.dtype.kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {raw.dtype}")
+    return raw.astype(np.float64, copy=False)
 
 # %% ../nbs/00_core.ipynb #ac169aae
 class LazyModule:

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import as_key, check_int, check_positive, check_real, patch_to
+from ..core import as_key, check_int, check_positive, check_real, patch_to, real_float64
 
 # %% auto #0
 __all__ = ['FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step',
-           'normal_eta', 'quadratic_forms', 'real_float64', 'as_data', 'check_fit_data', 'check_normal_part',
-           'moment_start', 'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
+           'normal_eta', 'quadratic_forms', 'as_data', 'check_fit_data', 'check_normal_part', 'moment_start',
+           'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 def require_float64(what: str="opt_lab.em", # what needs it, for the message
@@ -88,15 +88,6 @@ def quadratic_forms(mu: jax.Array, # location, shape `(d,)`
     return (z * z).sum(1), g @ g, z @ g, 2 * jnp.log(jnp.diag(chol)).sum()
 
 # %% ../../nbs/41_em_expfam.ipynb #79ef0193
-def real_float64(name: str, # the argument's name, for the message
-                 value, # an array-like of numbers
-                ) -> np.ndarray:
-    "`value` as a float64 NumPy array if it holds real numbers (integers are promoted), without a copy when it already is one."
-    raw = np.asarray(value)
-    # strings would be parsed, complex numbers cut to their real part, objects cast one by one: refuse all three
-    if raw.dtype.kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {raw.dtype}")
-    return raw.astype(np.float64, copy=False)
-
 def as_data(X, # observations, shape `(n, d)`
             dim: int | None=None, # the dimension a model expects, if any
             name: str="X", # how the argument is called in messages

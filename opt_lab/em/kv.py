@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..core import real_float64
+
 
 # %% auto #0
 __all__ = ['SERIES_TERMS', 'QUADRATURE_STEP', 'log_kv_and_ratio', 'log_kv']
@@ -121,10 +123,7 @@ _log_kv_compiled = jax.jit(_log_kv)
 
 def _check_log_kv_args(nu, z):
     "Refuse what has no finite log K: non-real input, an order that is NaN or infinite, an argument that is NaN or not positive."
-    for name, value in (("nu", nu), ("z", z)):
-        kind = np.asarray(value).dtype.kind
-        if kind not in "fiu": raise ValueError(f"{name} must hold real numbers, got dtype {np.asarray(value).dtype}")
-    nu, z = np.asarray(nu, dtype=float), np.asarray(z, dtype=float)
+    nu, z = real_float64("nu", nu), real_float64("z", z)
     if not np.isfinite(nu).all(): raise ValueError(f"nu must be finite, got {float(nu[~np.isfinite(nu)].ravel()[0])!r}")
     if not (z > 0).all(): raise ValueError(f"z must be > 0, got {float(z[~(z > 0)].ravel()[0])!r}")
 

@@ -14,7 +14,7 @@ import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
 
-from ..core import as_generator, check_in_range, check_int, check_positive, flatten_params, patch_to, pd
+from ..core import as_generator, check_in_range, check_int, check_positive, flatten_params, patch_to, pd, real_float64
 from .logging import Recorder
 from .norms import PlainNormEstimator, ResamplingNormEstimator, resampled_norms
 from .policy import DropRestartClipPolicy
@@ -99,8 +99,7 @@ def _flat(self, x) -> np.ndarray:
         vector, unflatten = flatten_params(x)
         flat, to_user, shape = np.asarray(vector), unflatten, jax.tree_util.tree_structure(x)
     # strings would be parsed and complex numbers cut to their real part: only real numbers (integers promoted)
-    if flat.dtype.kind not in "fiu": raise ValueError(f"x must hold real numbers, got dtype {flat.dtype}")
-    flat = flat.astype(float, copy=False)
+    flat = real_float64("x", flat)
     if self.dim is None:
         if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
         if self.max_grad_batch_elems < flat.size:
