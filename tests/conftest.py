@@ -1,13 +1,32 @@
 """Test-suite configuration: the accuracy tests compare in float64, so JAX runs with x64 enabled.
 float32 behaviour is tested with explicit float32 inputs."""
+import contextlib
 import os
+import signal
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long accuracy sweeps (run in CI; deselect with -m 'not slow')")
+
+
+@pytest.fixture
+def time_limit():
+    """`with time_limit(s): ...` fails the test if the block runs longer than `s` seconds (SIGALRM): a guard against calls
+    that never return, set far above their normal cost, not a speed assertion."""
+    @contextlib.contextmanager
+    def limit(seconds: float):
+        def expire(signum, frame): raise TimeoutError(f"the call did not return within {seconds} s")
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try: yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    return limit

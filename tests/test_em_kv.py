@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import kve
 
+from opt_lab.book.em_explorers import log_kv_oracle
 from opt_lab.em import kv_ratio, log_kv, log_kv_and_ratio, log_kv_ladder
 
 
@@ -87,3 +88,47 @@ def test_vmap_and_broadcasting():
     assert table.shape == (7, 5)
     # the same arithmetic, up to XLA fusing it differently for the two layouts (one ulp)
     np.testing.assert_allclose(table, mapped, rtol=4e-16, atol=0)
+
+
+def _plane_sample(n: int, seed: int):
+    "Orders log-uniform on [1e-3, 1e12] plus a uniform band across the switch at 32; arguments log-uniform on [1e-300, 1e300]."
+    rng = np.random.default_rng(seed)
+    nu = np.concatenate([10 ** rng.uniform(-3, 12, n), rng.uniform(0, 64, n // 4), [0.0, 32.0, np.nextafter(32.0, 64), 1e12]])
+    z = 10 ** rng.uniform(-300, 300, nu.size)
+    z[-4:] = [1e-300, 1e300, 1e-300, 1e300]
+    return nu, z
+
+
+def test_whole_plane_against_the_quadrature_oracle(time_limit):
+    nu, z = _plane_sample(80, 7)
+    with time_limit(60):
+        got = np.asarray(log_kv(nu, z))
+    assert np.isfinite(got).all() and (got == np.asarray(log_kv(-nu, z))).all()
+    want = np.array([float(log_kv_oracle(a, b)) for a, b in zip(nu, z)])
+    error = np.abs(got - want) / np.maximum(1, np.abs(want))
+    assert error.max() <= 1e-13, (nu[error.argmax()], z[error.argmax()], error.max())
+
+
+def test_derivatives_across_the_plane_against_the_oracle():
+    nu, z = _plane_sample(16, 11)
+    d_nu, d_z = (np.asarray(jax.vmap(jax.grad(log_kv, i))(jnp.asarray(nu), jnp.asarray(z))) for i in (0, 1))
+    assert np.isfinite(d_nu).all() and np.isfinite(d_z).all()
+    with mpmath.workdps(45):
+        for a, b, got_nu, got_z in zip(nu, z, d_nu, d_z):
+            a, b = mpmath.mpf(a), mpmath.mpf(b)
+            step_nu, step_z = mpmath.mpf("1e-15") * max(1, a), mpmath.mpf("1e-15") * b
+            want_nu = (log_kv_oracle(a + step_nu, b, 45) - log_kv_oracle(a - step_nu, b, 45)) / (2 * step_nu)
+            want_z = (log_kv_oracle(a, b + step_z, 45) - log_kv_oracle(a, b - step_z, 45)) / (2 * step_z)
+            # d/dz is about -max(nu, z)/z: its scale is that of z * d/dz
+            assert abs(got_nu - want_nu) <= 1e-13 * max(1, abs(want_nu)), (a, b, got_nu, want_nu)
+            assert abs(got_z - want_z) * b <= 1e-13 * max(1, abs(want_z * b)), (a, b, got_z, want_z)
+
+
+def test_orders_mixed_in_one_batch_give_the_values_they_give_alone(time_limit):
+    "A batch pays for no order: one point at 1e12 among small orders returns at once and changes no other value."
+    nu = np.array([1.5, 1e12, 0.25, 31.9, 32.5, 1e5, 1e8, 7.0])
+    z = np.array([0.5, 3e11, 1e-300, 40.0, 1e300, 1e-3, 1e-300, 2.0])
+    with time_limit(30):
+        together = np.asarray(log_kv(nu, z))
+    alone = np.array([float(log_kv(a, b)) for a, b in zip(nu, z)])
+    np.testing.assert_allclose(together, alone, rtol=1e-15)

@@ -14,7 +14,7 @@ from ..em.gig import gig_expectations, gig_log_prob, gig_rvs
 from ..em.kv import log_kv
 
 # %% auto #0
-__all__ = ['log_kv_curves', 'plot_log_kv', 'log_kv_explorer', 'gig_curves', 'plot_gig', 'gig_explorer']
+__all__ = ['log_kv_curves', 'plot_log_kv', 'log_kv_explorer', 'gig_curves', 'plot_gig', 'gig_explorer', 'log_kv_oracle']
 
 # %% ../../nbs/49_em_explorers.ipynb #845e7290
 def log_kv_curves(nu: float=2.5, # the middle order; curves are drawn at nu - 1, nu and nu + 1
@@ -78,3 +78,23 @@ def gig_explorer():
     return Explorer(compute, plot_gig, dict(p=widgets.FloatSlider(value=-0.5, min=-5, max=5, step=0.1),
                                             log10_a=widgets.FloatSlider(value=0.0, min=-3, max=2, step=0.1),
                                             log10_b=widgets.FloatSlider(value=0.0, min=-3, max=2, step=0.1)))
+
+# %% ../../nbs/49_em_explorers.ipynb #4c39fe0f
+def log_kv_oracle(nu: float, # order, any real
+                  z: float, # argument, > 0
+                  digits: int=30, # working precision of mpmath
+                 ): # $\log K_\nu(z)$ as an `mpmath.mpf`
+    "$\\log K_\\nu(z)$ by mpmath quadrature of $\\int_0^\\infty e^{-z\\cosh t}\\cosh(\\nu t)\\,dt$ around its peak, for any order and argument."
+    import mpmath  # a dev extra
+    with mpmath.workdps(digits):
+        nu, z = abs(mpmath.mpf(nu)), mpmath.mpf(z)
+        log_integrand = lambda t: -z * mpmath.cosh(t) + nu * t + mpmath.log1p(mpmath.exp(-2 * nu * t)) - mpmath.log(2)
+        peak = mpmath.asinh(nu / z)
+        width = min(1 / mpmath.sqrt(mpmath.sqrt(z * z + nu * nu)), 1)
+        fall = mpmath.acosh(1 / z) if z < 1 else 0  # where e^{-z cosh t} drops, for small orders
+        top = log_integrand(peak)
+        reach = width
+        while log_integrand(peak + reach) - top > -800: reach *= 2
+        inner = sorted({peak + k * width for k in (-30, -8, -2, 0, 2, 8, 30)} | {fall + k for k in (-8, -2, 0, 2, 8)})
+        points = [mpmath.mpf(0)] + [t for t in inner if 0 < t < peak + reach] + [peak + reach]
+        return top + mpmath.log(mpmath.quad(lambda t: mpmath.exp(log_integrand(t) - top), points))

@@ -146,6 +146,48 @@ def bench_gh_rows(repeats: int=3) -> list:
                      gap=result.final_log_likelihood - float(true.marginal_log_likelihood(Y)), target_ms=2000.0))
     return rows
 
+# %% ../../nbs/51_em_family_tutorial.ipynb #2bbb1c56
+def _per_point_us(f, nu, z) -> tuple[float, np.ndarray]:
+    "Best of three warm calls, in µs per point, and the values."
+    values = np.asarray(jax.block_until_ready(f(nu, z)))
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        jax.block_until_ready(f(nu, z))
+        times.append(time.perf_counter() - start)
+    return 1e6 * min(times) / len(nu), values
+
+def _bench_log_kv_orders(points: int=100_000, # points per batch for log_kv
+                         reference_points: int=200, # points per batch for logbesselk (vmapped, far slower)
+                         orders=(1.5, 1e3, 1e5, 1e12)):
+    "Cost per point of `log_kv` at single orders and in a batch mixing them, relative to order 1.5; logbesselk beside it where installed."
+    rng = np.random.default_rng(1)
+    z = 10 ** rng.uniform(-8, 4, points)
+    batches = {f"order {nu:g}": np.full(points, nu) for nu in orders}
+    batches["mixed orders"] = rng.choice(np.asarray(orders, dtype=float), points)
+    try:
+        from logbesselk.jax import log_bessel_k  # a dev extra: Takekawa (2022), scalar, so vmapped
+        reference = jax.jit(jax.vmap(log_bessel_k))
+    except ImportError:
+        reference = None
+    rows, base = [], None
+    for name, nu in batches.items():
+        ours, values = _per_point_us(log_kv, nu, z)
+        base = base or ours
+        row = dict(workload=f"log_kv, {points:,} points, {name}", rule="z log-uniform on [1e-8, 1e4]", warm_ms=ours * points / 1e3,
+                   us_per_point=ours, cost_vs_order_1_5=ours / base)
+        if reference is not None and nu.max() > 1e5:
+            row.update(logbesselk_us_per_point=np.nan, rule=row["rule"] + "; logbesselk not run: its cost grows with the "
+                       "order (0.6 s for 200 points at 1e5) and at 1e12 it does not return")
+        elif reference is not None:
+            theirs, other = _per_point_us(reference, nu[:reference_points], z[:reference_points])
+            mine = values[:reference_points]
+            row.update(logbesselk_us_per_point=theirs,
+                       logbesselk_max_rel_diff=float(np.nanmax(np.abs(other - mine) / np.maximum(1, np.abs(mine)))),
+                       logbesselk_nonfinite=int((~np.isfinite(other)).sum()))
+        rows.append(row)
+    return rows
+
 # %% ../../nbs/51_em_family_tutorial.ipynb #e7db6fe2
 def _bench_log_kv(points: int=100_000):
     "Warm time of `log_kv` on random orders in [-100, 100] and arguments in [1e-8, 1e4], beside scipy's `kve`."
@@ -188,12 +230,16 @@ def bench_em(repeats: int=5, # warm fits per rule (the median is reported)
                      gap=res.final_log_likelihood - float(true.marginal_log_likelihood(big))))
     report("d=10, n=200k fit")
     rows.append(_bench_log_kv())
-    report("log_kv against scipy")
+    rows.extend(_bench_log_kv_orders())
+    report("log_kv against scipy, and across orders")
     rows.extend(bench_gh_rows(max(1, repeats // 2)))
     report("GH fits")
     table = pd.DataFrame(rows)
     table.attrs["note"] = ("speedup_vs_normix divides normix 0.4.5's measured warm times on this machine (2.7 s for the "
                            "tutorial fit in its fastest configuration, 27 s for the d=10 workload, 11 µs per log K point) by ours; "
-                           "the log_kv row names scipy's time for the same points, measured in the same run; the GH rows "
+                           "the log_kv row names scipy's time for the same points, measured in the same run; the log_kv "
+                           "order rows give the cost per point relative to order 1.5 (cost_vs_order_1_5) and, where the "
+                           "logbesselk dev extra is installed, its cost per point on the first 200 of the same points "
+                           "(vmapped: it is scalar) and its largest relative difference from log_kv there; the GH rows "
                            "give target times (target_ms): normix has no comparable GH timing")
     return table

@@ -5,20 +5,20 @@
 # %% auto #0
 __all__ = ['gig_log_normalizer', 'gig_moments', 'kv_ratio', 'log_k0_k1', 'log_kv_half_integer', 'log_kv_ladder', 'MixtureEta',
            'as_data', 'require_float64', 'FAMILY_HOOKS', 'check_family', 'Gaussian', 'average_statistics',
-           'joint_statistics', 'normal_eta', 'normal_m_step', 'quadratic_forms', 'BatchEMFitter', 'EMResult',
-           'IncrementalEMFitter', 'multi_start', 'param_change', 'random_starts', 'NormalInverseGaussian',
-           'AffineUpdate', 'EtaRule', 'EWMAUpdate', 'IdentityUpdate', 'RobbinsMonroUpdate', 'SampleWeightedUpdate',
-           'Shrinkage', 'eta0_diagonal', 'eta0_from_model', 'eta0_isotropic', 'eta0_with_sigma', 'log_kv',
-           'log_kv_and_ratio', 'GIG', 'GIGSolution', 'gamma_shape', 'gig_admissible', 'gig_expectations',
-           'gig_from_expectations', 'gig_log_partition', 'gig_log_prob', 'gig_rvs', 'gig_variance',
+           'joint_statistics', 'normal_eta', 'normal_m_step', 'quadratic_forms', 'root_offset_squares', 'whitened',
+           'BatchEMFitter', 'EMResult', 'IncrementalEMFitter', 'multi_start', 'param_change', 'random_starts',
+           'NormalInverseGaussian', 'AffineUpdate', 'EtaRule', 'EWMAUpdate', 'IdentityUpdate', 'RobbinsMonroUpdate',
+           'SampleWeightedUpdate', 'Shrinkage', 'eta0_diagonal', 'eta0_from_model', 'eta0_isotropic', 'eta0_with_sigma',
+           'log_kv', 'log_kv_and_ratio', 'GIG', 'GIGSolution', 'gamma_shape', 'gig_admissible', 'gig_expectations',
+           'gig_from_expectations', 'gig_log_partition', 'gig_log_prob', 'gig_log_rvs', 'gig_rvs', 'gig_variance',
            'GeneralizedHyperbolic', 'NormalInverseGamma', 'NormalMixture', 'GIGMixture', 'VarianceGamma']
 
 # %% ../../nbs/40_em.ipynb #fdc24f3f
 from .bessel import gig_log_normalizer, gig_moments, kv_ratio, log_k0_k1, log_kv_half_integer, log_kv_ladder
-from .expfam import (FAMILY_HOOKS, Gaussian, MixtureEta, NormalMixture, as_data, check_family, require_float64, average_statistics, joint_statistics, normal_eta, normal_m_step, quadratic_forms)
+from .expfam import (FAMILY_HOOKS, Gaussian, MixtureEta, NormalMixture, as_data, check_family, require_float64, average_statistics, joint_statistics, normal_eta, normal_m_step, quadratic_forms, root_offset_squares, whitened)
 from .kv import log_kv, log_kv_and_ratio
 from .gig import (GIG, GIGSolution, gamma_shape, gig_admissible, gig_expectations, gig_from_expectations,
-                            gig_log_partition, gig_log_prob, gig_rvs, gig_variance)
+                            gig_log_partition, gig_log_prob, gig_log_rvs, gig_rvs, gig_variance)
 from .family import GeneralizedHyperbolic, GIGMixture, NormalInverseGamma, VarianceGamma
 from .fitting import BatchEMFitter, EMResult, IncrementalEMFitter, multi_start, param_change, random_starts
 from .nig import NormalInverseGaussian
@@ -27,9 +27,9 @@ from .rules import (AffineUpdate, EtaRule, EWMAUpdate, IdentityUpdate, RobbinsMo
 
 # %% ../../nbs/40_em.ipynb #32828859
 _all_ = ["gig_log_normalizer", "gig_moments", "kv_ratio", "log_k0_k1", "log_kv_half_integer", "log_kv_ladder", "MixtureEta", "as_data", "require_float64", "FAMILY_HOOKS", "check_family", "Gaussian", "average_statistics",
-         "joint_statistics", "normal_eta", "normal_m_step", "quadratic_forms", "BatchEMFitter", "EMResult", "IncrementalEMFitter", "multi_start",
+         "joint_statistics", "normal_eta", "normal_m_step", "quadratic_forms", "root_offset_squares", "whitened", "BatchEMFitter", "EMResult", "IncrementalEMFitter", "multi_start",
          "param_change", "random_starts", "NormalInverseGaussian", "AffineUpdate", "EtaRule", "EWMAUpdate", "IdentityUpdate",
          "RobbinsMonroUpdate", "SampleWeightedUpdate", "Shrinkage", "eta0_diagonal", "eta0_from_model", "eta0_isotropic",
          "eta0_with_sigma", "log_kv", "log_kv_and_ratio", "GIG", "GIGSolution", "gamma_shape", "gig_admissible",
-         "gig_expectations", "gig_from_expectations", "gig_log_partition", "gig_log_prob", "gig_rvs", "gig_variance", "GeneralizedHyperbolic",
+         "gig_expectations", "gig_from_expectations", "gig_log_partition", "gig_log_prob", "gig_log_rvs", "gig_rvs", "gig_variance", "GeneralizedHyperbolic",
          "NormalInverseGamma", "NormalMixture", "GIGMixture", "VarianceGamma"]

@@ -15,8 +15,8 @@ from ..core import as_key, check_int, check_positive, check_real, patch_to, real
 
 # %% auto #0
 __all__ = ['FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step',
-           'normal_eta', 'quadratic_forms', 'as_data', 'check_fit_data', 'check_normal_part', 'moment_start',
-           'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
+           'normal_eta', 'whitened', 'quadratic_forms', 'root_offset_squares', 'as_data', 'check_fit_data',
+           'check_normal_part', 'moment_start', 'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 def require_float64(what: str="opt_lab.em", # what needs it, for the message
@@ -75,17 +75,32 @@ def normal_eta(mu, gamma, sigma, # the normal part
                       sigma + inv_w * jnp.outer(mu, mu) + w * jnp.outer(gamma, gamma) + cross + cross.T, log_w)
 
 # %% ../../nbs/41_em_expfam.ipynb #d057c8c7
+def whitened(mu: jax.Array, # location, shape `(d,)`
+             gamma: jax.Array, # skewness, shape `(d,)`
+             sigma: jax.Array, # dispersion, shape `(d, d)`
+             X: jax.Array, # observations, shape `(n, d)`
+            ) -> tuple: # `(L⁻¹(x-μ) per row, L⁻¹γ, log|Σ|)` with $\Sigma=LL^\top$
+    "The observations and the skewness in the coordinates where $\\Sigma$ is the identity, through the inverse Cholesky factor."
+    chol = jnp.linalg.cholesky(sigma)
+    inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[0]), lower=True)
+    return (X - mu) @ inv_chol.T, inv_chol @ gamma, 2 * jnp.log(jnp.diag(chol)).sum()
+
 def quadratic_forms(mu: jax.Array, # location, shape `(d,)`
                     gamma: jax.Array, # skewness, shape `(d,)`
                     sigma: jax.Array, # dispersion, shape `(d, d)`
                     X: jax.Array, # observations, shape `(n, d)`
                    ) -> tuple: # `(Q, γᵀΣ⁻¹γ, (x-μ)ᵀΣ⁻¹γ, log|Σ|)`, the first and third per row
-    "The quadratic forms a normal variance-mean mixture's density depends on, through the inverse Cholesky factor."
-    chol = jnp.linalg.cholesky(sigma)
-    inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(chol.shape[0]), lower=True)
-    z = (X - mu) @ inv_chol.T
-    g = inv_chol @ gamma
-    return (z * z).sum(1), g @ g, z @ g, 2 * jnp.log(jnp.diag(chol)).sum()
+    "The quadratic forms a normal variance-mean mixture's density depends on."
+    z, g, log_det = whitened(mu, gamma, sigma, X)
+    return (z * z).sum(1), g @ g, z @ g, log_det
+
+def root_offset_squares(c: jax.Array, # non-negative offset, broadcast against the rows
+                        z: jax.Array, # rows, shape `(n, d)`
+                       ) -> jax.Array: # $\sqrt{c+\|z\|^2}$ per row
+    "$\\sqrt{c+\\|z\\|^2}$ scaled by the largest term, so that it is finite whenever the result is (far tails: $\\|z\\|^2$ overflows at $10^{154}$)."
+    big = jnp.maximum(jnp.abs(z).max(-1), jnp.sqrt(c))
+    safe = jnp.where(big > 0, big, 1.0)
+    return jnp.where(big > 0, safe * jnp.sqrt((jnp.sqrt(c) / safe) ** 2 + ((z / safe[..., None]) ** 2).sum(-1)), 0.0)
 
 # %% ../../nbs/41_em_expfam.ipynb #79ef0193
 def as_data(X, # observations, shape `(n, d)`
@@ -159,12 +174,12 @@ def moment_start(X) -> tuple[jax.Array, jax.Array, jax.Array]:
     return mu, jnp.zeros_like(mu), centred.T @ centred / X.shape[0]
 
 def normal_mixture_draws(mu, gamma, sigma, # the normal part
-                         w: jax.Array, # draws of the mixing variable, shape `(n,)`
+                         log_w: jax.Array, # draws of $\log W$, shape `(n,)` (logs, so that $\sqrt W$ is finite wherever it can be)
                          key: jax.Array, # JAX key for the normal draws
                         ) -> jax.Array: # draws of $X$, shape `(n, d)`
     "$\\mu+\\gamma w+\\sqrt w\\,\\Sigma^{1/2}z$ row by row, with $\\Sigma^{1/2}$ the Cholesky factor."
-    z = jax.random.normal(key, (w.shape[0], mu.shape[0])) @ jnp.linalg.cholesky(sigma).T
-    return mu + w[:, None] * gamma + jnp.sqrt(w)[:, None] * z
+    z = jax.random.normal(key, (log_w.shape[0], mu.shape[0])) @ jnp.linalg.cholesky(sigma).T
+    return mu + jnp.exp(log_w)[:, None] * gamma + jnp.exp(log_w / 2)[:, None] * z
 
 # %% ../../nbs/41_em_expfam.ipynb #12e4641e
 class NormalMixture:
@@ -207,8 +222,15 @@ def mixing_moments(self) -> tuple[jax.Array, jax.Array]:
 
 @patch_to(NormalMixture)
 def rvs(self, n: int, seed=None) -> jax.Array:
-    "`n` draws, shape `(n, d)`; `seed` is an int or a JAX key."
-    return type(self).rvs_fn(self, check_int("n", n, minimum=1), as_key(seed))
+    "`n` draws, shape `(n, d)`; `seed` is an int or a JAX key. Raises if the law puts draws beyond float64's range."
+    draws = type(self).rvs_fn(self, check_int("n", n, minimum=1), as_key(seed))
+    bad = int((~jnp.isfinite(draws)).any(axis=1).sum())
+    if bad:  # W (or gamma W) past 1.8e308: no float64 holds these draws, so say which law put them there
+        law = ", ".join(f"{name}={float(getattr(self, name)):.6g}" for name in type(self).mixing_fields)
+        raise ValueError(f"{type(self).__name__}.rvs: {bad} of {n} draws lie beyond float64's range (|x| > 1.8e308) "
+                         f"with {law} and |gamma|={float(jnp.abs(self.gamma).max()):.3g}: the mixing law puts mass at "
+                         "W > 1e308, which float64 cannot represent; move these parameters inward or rescale the data")
+    return draws
 
 @patch_to(NormalMixture)
 def log_prob(self, X) -> jax.Array:
@@ -310,7 +332,7 @@ class Gaussian(_GaussianFields, NormalMixture):
     m_step_fn = staticmethod(_gaussian_m_step)
     e_step_and_ll_fn = staticmethod(jax.jit(lambda model, X: (_gaussian_e_step(model, X), _gaussian_log_prob(model, X).mean())))
     summary_fn = staticmethod(jax.jit(lambda model, X: (_gaussian_log_prob(model, X), jnp.ones(X.shape[0], X.dtype))))
-    rvs_fn = staticmethod(jax.jit(lambda model, n, key: normal_mixture_draws(model.mu, model.gamma, model.sigma, jnp.ones(n), key),
+    rvs_fn = staticmethod(jax.jit(lambda model, n, key: normal_mixture_draws(model.mu, model.gamma, model.sigma, jnp.zeros(n), key),
                                   static_argnums=1))
 
     def mixing_expectations(self) -> tuple:

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .expfam import MixtureEta, NormalMixture, average_statistics, normal_m_step, normal_mixture_draws, quadratic_forms
-from .gig import _gig_pass, gamma_shape, gig_expectations, gig_from_expectations, gig_log_partition, gig_rvs, gig_variance
+from .expfam import MixtureEta, NormalMixture, average_statistics, normal_m_step, normal_mixture_draws, root_offset_squares, whitened
+from .gig import _gig_pass_roots, _log_partition, gamma_shape, gig_expectations, gig_from_expectations, gig_log_partition, gig_log_rvs, gig_variance
 
 # %% auto #0
 __all__ = ['GIGMixture', 'VarianceGamma', 'NormalInverseGamma', 'GeneralizedHyperbolic']
@@ -24,22 +24,22 @@ def _log_prob_offset(model, xg, log_det, d):
     return -gig_log_partition(*model.mixing_law()) - d / 2 * math.log(2 * math.pi) - 0.5 * log_det + xg
 
 def _posterior_law(model, X):
-    "The posterior GIG's $(p,a,b)$ per row, and the quadratic forms the density needs."
+    "The posterior GIG per row as $(p,\\sqrt a,\\sqrt b)$, finite even where $b+Q$ overflows, and the forms the density needs."
     d = X.shape[-1]
-    q, gg, xg, log_det = quadratic_forms(model.mu, model.gamma, model.sigma, X)
+    z, g, log_det = whitened(model.mu, model.gamma, model.sigma, X)
     p, a, b = model.mixing_law()
-    return (p - d / 2, a + gg, b + q), (xg, log_det, d)
+    return (p - d / 2, jnp.sqrt(a + g @ g), root_offset_squares(b, z)), (z @ g, log_det, d)
 
 @jax.jit
 def _mixture_log_prob(model, X):
     posterior, forms = _posterior_law(model, X)
-    return gig_log_partition(*posterior) + _log_prob_offset(model, *forms)  # differentiable in the parameters
+    return _log_partition(*posterior) + _log_prob_offset(model, *forms)  # differentiable in the parameters
 
 @jax.jit
 def _mixture_e_step_and_ll(model, X):
     "The E-step average and the mean log-likelihood of `model`, from the same Bessel pass."
     posterior, forms = _posterior_law(model, X)
-    log_z, w, inv_w, log_w = _gig_pass(*posterior)
+    log_z, w, inv_w, log_w = _gig_pass_roots(*posterior)
     return average_statistics(X, w, inv_w, log_w), (log_z + _log_prob_offset(model, *forms)).mean()
 
 @jax.jit
@@ -50,7 +50,7 @@ def _mixture_e_step(model, X):
 def _mixture_summary(model, X):
     "Log-density and $E[1/W\\mid x]$ per row, from one pass without the order derivative."
     posterior, forms = _posterior_law(model, X)
-    log_z, _, inv_w, _ = _gig_pass(*posterior, with_log_moment=False)
+    log_z, _, inv_w, _ = _gig_pass_roots(*posterior, with_log_moment=False)
     return log_z + _log_prob_offset(model, *forms), inv_w
 
 @jax.jit
@@ -61,7 +61,7 @@ def _mixture_m_step(eta, previous):
 @partial(jax.jit, static_argnums=1)
 def _mixture_rvs(model, n, key):
     k_mixing, k_normal = jax.random.split(key)
-    return normal_mixture_draws(model.mu, model.gamma, model.sigma, gig_rvs(k_mixing, *model.mixing_law(), n), k_normal)
+    return normal_mixture_draws(model.mu, model.gamma, model.sigma, gig_log_rvs(k_mixing, *model.mixing_law(), n), k_normal)
 
 # %% ../../nbs/48_em_family.ipynb #30606b0f
 class GIGMixture(NormalMixture):

@@ -19,24 +19,36 @@ from ..core import as_key, check_int, check_real
 from .kv import log_kv, log_kv_and_ratio
 
 # %% auto #0
-__all__ = ['gig_log_partition', 'gig_expectations', 'gig_variance', 'gig_log_prob', 'gig_rvs', 'GIGSolution', 'gig_admissible',
-           'gig_from_expectations', 'gamma_shape', 'GIG']
+__all__ = ['MAX_REJECTION_ROUNDS', 'gig_log_partition', 'gig_expectations', 'gig_variance', 'gig_log_prob', 'gig_log_rvs',
+           'gig_rvs', 'GIGSolution', 'gig_admissible', 'gig_from_expectations', 'gamma_shape', 'GIG']
 
 # %% ../../nbs/47_em_gig.ipynb #ce712a4e
 def _as_float64(*values):
     return jnp.broadcast_arrays(*(jnp.asarray(v, dtype=jnp.float64) for v in values))
 
-def _interior(a, b):
+# The internal functions take sqrt(a) and sqrt(b): a mixture's posterior has b + Q, and far in the tails (|x| ~ 1e200)
+# Q overflows while sqrt(b + Q), and with it log Z, is an ordinary number.
+def _interior(root_a, root_b):
     "Whether $(a,b)$ is inside the quadrant, and placeholders that keep the Bessel branch finite where it is not."
-    inside = (a > 0) & (b > 0)
-    return inside, jnp.where(inside, a, 1.0), jnp.where(inside, b, 1.0)
+    inside = (root_a > 0) & (root_b > 0)
+    return inside, jnp.where(inside, root_a, 1.0), jnp.where(inside, root_b, 1.0)
 
-def _edge_log_partition(p, a, b):
+def _edge_law(p, root_a, root_b):
+    "On the edges, $W$ or $1/W$ is gamma: whether on the gamma side ($b=0$), whether the integral converges, the shape and the log rate."
+    gamma_side = root_b == 0
+    shape, root = jnp.where(gamma_side, p, -p), jnp.where(gamma_side, root_a, root_b)
+    valid = (shape > 0) & (root > 0)
+    return gamma_side, valid, jnp.where(valid, shape, 1.0), 2 * jnp.log(jnp.where(valid, root, 1.0)) - math.log(2.0)
+
+def _edge_log_partition(p, root_a, root_b):
     "$\\log Z$ on the edges: gamma ($b=0$) and inverse gamma ($a=0$); $+\\infty$ where the integral diverges."
-    shape = jnp.where(b == 0, p, -p)
-    rate = jnp.where(b == 0, a, b) / 2
-    ok = (shape > 0) & (rate > 0)
-    return jnp.where(ok, gammaln(jnp.where(ok, shape, 1.0)) + jnp.where(b == 0, -p, p) * jnp.log(jnp.where(ok, rate, 1.0)), jnp.inf)
+    _, valid, shape, log_rate = _edge_law(p, root_a, root_b)
+    return jnp.where(valid, gammaln(shape) - shape * log_rate, jnp.inf)
+
+def _log_partition(p, root_a, root_b):
+    inside, root_a_in, root_b_in = _interior(root_a, root_b)
+    bessel = math.log(2.0) + p * (jnp.log(root_b_in) - jnp.log(root_a_in)) + log_kv(p, root_a_in * root_b_in)
+    return jnp.where(inside, bessel, _edge_log_partition(p, root_a, root_b))
 
 @jax.jit
 def gig_log_partition(p: jax.Array, # order, any real
@@ -45,33 +57,32 @@ def gig_log_partition(p: jax.Array, # order, any real
                      ) -> jax.Array: # $\log Z(p,a,b)$; $+\infty$ where the integral diverges
     "$\\log\\int_0^\\infty w^{p-1}e^{-(aw+b/w)/2}dw$ for real $p$, with the gamma and inverse-gamma limits; differentiable."
     p, a, b = _as_float64(p, a, b)
-    inside, a_in, b_in = _interior(a, b)
-    bessel = math.log(2.0) + p / 2 * jnp.log(b_in / a_in) + log_kv(p, jnp.sqrt(a_in * b_in))
-    return jnp.where(inside, bessel, _edge_log_partition(p, a, b))
+    return _log_partition(p, jnp.sqrt(a), jnp.sqrt(b))
 
 # %% ../../nbs/47_em_gig.ipynb #526b4263
 def _gig_pass(p, a, b, with_log_moment: bool=True):
     "$(\\log Z, E[W], E[1/W], E[\\log W])$ from one pass through `log_kv_and_ratio`, forward-mode in the order for $E[\\log W]$ (edges included)."
     p, a, b = _as_float64(p, a, b)
-    inside, a_in, b_in = _interior(a, b)
-    omega, delta = jnp.sqrt(a_in * b_in), jnp.sqrt(b_in / a_in)
+    return _gig_pass_roots(p, jnp.sqrt(a), jnp.sqrt(b), with_log_moment)
+
+def _gig_pass_roots(p, root_a, root_b, with_log_moment: bool=True):
+    inside, root_a_in, root_b_in = _interior(root_a, root_b)
+    omega, delta = root_a_in * root_b_in, root_b_in / root_a_in
+    log_delta = jnp.log(root_b_in) - jnp.log(root_a_in)
     if with_log_moment:
         (log_k, down), (by_order, _) = jax.jvp(lambda v: log_kv_and_ratio(v, omega), (p,), (jnp.ones_like(p),))
     else:  # the order derivative doubles the cost; the log-likelihood and E[1/W] do not need it
         (log_k, down), by_order = log_kv_and_ratio(p, omega), jnp.zeros_like(p)
     up = down + 2 * jnp.abs(p) / omega  # K_{|p|+1}/K_{|p|}; for p < 0 the two ratios swap roles
-    bessel = (math.log(2.0) + p * jnp.log(delta) + log_k, delta * jnp.where(p >= 0, up, down),
-              jnp.where(p >= 0, down, up) / delta, jnp.log(delta) + by_order)
+    bessel = (math.log(2.0) + p * log_delta + log_k, delta * jnp.where(p >= 0, up, down),
+              jnp.where(p >= 0, down, up) / delta, log_delta + by_order)
     # gamma(k, rate) for b = 0 and its mirror image for a = 0: W -> 1/W swaps E[W] and E[1/W] and flips log W
-    gamma_side = b == 0
-    k = jnp.where(gamma_side, p, -p)
-    rate = jnp.where(gamma_side, a, b) / 2
-    valid = (k > 0) & (rate > 0)
-    k_ok, rate_ok = jnp.where(valid, k, 1.0), jnp.where(valid, rate, 1.0)
-    mean = jnp.where(valid, k_ok / rate_ok, jnp.inf)
-    mean_reciprocal = jnp.where(valid & (k > 1), rate_ok / jnp.where(k > 1, k - 1, 1.0), jnp.inf)
-    mean_log = jnp.where(valid, digamma(k_ok) - jnp.log(rate_ok), jnp.nan)
-    edge = (_edge_log_partition(p, a, b), jnp.where(gamma_side, mean, mean_reciprocal),
+    gamma_side, valid, k, log_rate = _edge_law(p, root_a, root_b)
+    rate = jnp.where(valid, jnp.where(gamma_side, root_a, root_b) ** 2 / 2, 1.0)
+    mean = jnp.where(valid, k / rate, jnp.inf)
+    mean_reciprocal = jnp.where(valid & (k > 1), rate / jnp.where(k > 1, k - 1, 1.0), jnp.inf)
+    mean_log = jnp.where(valid, digamma(k) - log_rate, jnp.nan)
+    edge = (_edge_log_partition(p, root_a, root_b), jnp.where(gamma_side, mean, mean_reciprocal),
             jnp.where(gamma_side, mean_reciprocal, mean), jnp.where(gamma_side, mean_log, -mean_log))
     return tuple(jnp.where(inside, x, y) for x, y in zip(bessel, edge))
 
@@ -103,20 +114,33 @@ def gig_log_prob(w: jax.Array, # points, positive
     return jnp.where(positive, inner, -jnp.inf)
 
 # %% ../../nbs/47_em_gig.ipynb #ce15c230
+MAX_REJECTION_ROUNDS = 200  # the acceptance rate is above 0.5 everywhere: a point left after 200 rounds means NaN input
+
+def _safe_asinh(x_num, x_den):
+    "asinh(x_num / x_den) for positive arguments without forming a ratio that overflows."
+    far = x_num <= x_den
+    return jnp.where(far, jnp.arcsinh(x_num / jnp.where(far, x_den, x_num)),
+                     jnp.log(x_num) - jnp.log(x_den) + jnp.log1p(jnp.hypot(1.0, x_den / x_num)))
+
 def _devroye_envelope(lam, omega):
-    "Devroye's (2014) hat for $\\psi$: the break points and the tail slopes."
-    alpha = jnp.sqrt(lam * lam + omega * omega) - lam
-    psi = lambda x: -alpha * (jnp.cosh(x) - 1) - lam * (jnp.expm1(x) - x)
+    "Devroye's (2014) hat for $\\psi$: the break points and the tail slopes, stable for $\\omega$ down to the smallest float."
+    log_alpha = 2 * jnp.log(omega) - jnp.log(jnp.hypot(lam, omega) + lam)  # alpha = sqrt(lam^2 + omega^2) - lam, no cancellation
+    alpha = jnp.exp(log_alpha)
+    def psi(x):
+        # alpha (cosh x - 1) in logs once cosh overflows (alpha can be 1e-600 while cosh x is 1e300)
+        wide = jnp.abs(x) > 20
+        bend = jnp.where(wide, jnp.exp(log_alpha + jnp.abs(jnp.where(wide, x, 0.0)) - math.log(2.0)), alpha * (jnp.cosh(x) - 1))
+        return -bend - lam * (jnp.expm1(x) - x)
     dpsi = lambda x: -alpha * jnp.sinh(x) - lam * jnp.expm1(x)
     right, left = -psi(1.0), -psi(-1.0)
     t = jnp.where(right > 2, jnp.sqrt(2 / (alpha + lam)), jnp.where(right < 0.5, jnp.log(4 / (alpha + 2 * lam)), 1.0))
-    s_small = jnp.minimum(1 / lam, jnp.log1p(1 / alpha + jnp.sqrt(1 / alpha ** 2 + 2 / alpha)))
+    s_small = jnp.minimum(1 / lam, -log_alpha + jnp.log1p(jnp.sqrt(1 + 2 * alpha)))  # log(1/a + sqrt(1/a^2 + 2/a) + 1) in logs
     s = jnp.where(left > 2, jnp.sqrt(4 / (alpha * math.cosh(1.0) + lam)), jnp.where(left < 0.5, s_small, 1.0))
     eta, zeta, theta, xi = -psi(t), -dpsi(t), -psi(-s), dpsi(-s)
     return psi, t, s, eta, zeta, theta, xi
 
-def _gig_standard_draws(key, lam, omega, shape):
-    "Draws of $\\mathrm{GIG}(\\lambda,\\omega,\\omega)$ for $\\lambda\\ge0$, $\\omega>0$, by Devroye's rejection sampler."
+def _gig_standard_log_draws(key, lam, omega, shape):
+    "Logs of draws of $\\mathrm{GIG}(\\lambda,\\omega,\\omega)$ for $\\lambda\\ge0$, $\\omega>0$, by Devroye's rejection sampler; NaN if not accepted."
     psi, t, s, eta, zeta, theta, xi = _devroye_envelope(lam, omega)
     p_left, r_right = 1 / xi, 1 / zeta
     t_flat, s_flat = t - r_right * eta, s - p_left * theta
@@ -124,35 +148,42 @@ def _gig_standard_draws(key, lam, omega, shape):
     total = p_left + q + r_right
 
     def draw(state):
-        key, x, done = state
+        rounds, key, x, done = state
         key, k_u, k_v, k_w = jax.random.split(key, 4)
         u, v, w = (jax.random.uniform(k, shape, minval=jnp.finfo(jnp.float64).tiny) for k in (k_u, k_v, k_w))
         cand = jnp.where(u < q / total, -s_flat + q * v,
                          jnp.where(u < (q + r_right) / total, t_flat - r_right * jnp.log(v), -s_flat + p_left * jnp.log(v)))
         log_hat = jnp.where(cand > t_flat, -eta - zeta * (cand - t), jnp.where(cand < -s_flat, -theta + xi * (cand + s), 0.0))
         accept = ~done & (jnp.log(w) + log_hat <= psi(cand))
-        return key, jnp.where(accept, cand, x), done | accept
+        return rounds + 1, key, jnp.where(accept, cand, x), done | accept
 
-    _, x, _ = lax.while_loop(lambda st: ~st[2].all(), draw, (key, jnp.zeros(shape), jnp.zeros(shape, bool)))
-    mode = lam / omega + jnp.sqrt(1 + (lam / omega) ** 2)
-    return mode * jnp.exp(x)
+    pending = lambda st: (st[0] < MAX_REJECTION_ROUNDS) & ~st[3].all()
+    _, _, x, done = lax.while_loop(pending, draw, (0, key, jnp.zeros(shape), jnp.zeros(shape, bool)))
+    return jnp.where(done, _safe_asinh(lam, omega) + x, jnp.nan)  # the mode is lam/omega + sqrt(1 + (lam/omega)^2)
 
+# %% ../../nbs/47_em_gig.ipynb #b8a99b47
 @partial(jax.jit, static_argnums=4)
-def gig_rvs(key: jax.Array, # a JAX key
-            p: jax.Array, a: jax.Array, b: jax.Array, # scalar parameters ($a=0$ or $b=0$: the limits)
-            n: int, # number of draws (static)
-           ) -> jax.Array: # `n` draws
-    "Draws of $\\mathrm{GIG}(p,a,b)$: Devroye's rejection sampler inside the quadrant, gamma draws on its edges."
+def gig_log_rvs(key: jax.Array, # a JAX key
+                p: jax.Array, a: jax.Array, b: jax.Array, # scalar parameters ($a=0$ or $b=0$: the limits)
+                n: int, # number of draws (static)
+               ) -> jax.Array: # `n` draws of $\log W$
+    "Draws of $\\log W$, $W\\sim\\mathrm{GIG}(p,a,b)$, computed in logs: finite even where $W$ itself over- or underflows."
     p, a, b = _as_float64(p, a, b)
     k_gig, k_gamma = jax.random.split(key)
-    inside, a_in, b_in = _interior(a, b)
-    omega, delta = jnp.sqrt(a_in * b_in), jnp.sqrt(b_in / a_in)
-    standard = _gig_standard_draws(k_gig, jnp.abs(p), omega, (n,))
-    bessel = delta * jnp.where(p >= 0, standard, 1 / standard)
-    shape = jnp.where(b == 0, p, -p)
-    g = jax.random.gamma(k_gamma, jnp.where(shape > 0, shape, 1.0), (n,))
-    limit = jnp.where(b == 0, g / (a / 2), (b / 2) / g)
-    return jnp.where(inside, bessel, limit)
+    root_a, root_b = jnp.sqrt(a), jnp.sqrt(b)
+    inside, root_a_in, root_b_in = _interior(root_a, root_b)
+    standard = _gig_standard_log_draws(k_gig, jnp.abs(p), root_a_in * root_b_in, (n,))
+    bessel = jnp.log(root_b_in) - jnp.log(root_a_in) + jnp.where(p >= 0, standard, -standard)
+    gamma_side, _, shape, log_rate = _edge_law(p, root_a, root_b)
+    log_g = jax.random.loggamma(k_gamma, shape, (n,))
+    return jnp.where(inside, bessel, jnp.where(gamma_side, log_g - log_rate, log_rate - log_g))
+
+def gig_rvs(key: jax.Array, # a JAX key
+            p: jax.Array, a: jax.Array, b: jax.Array, # scalar parameters ($a=0$ or $b=0$: the limits)
+            n: int, # number of draws
+           ) -> jax.Array: # `n` draws
+    "Draws of $\\mathrm{GIG}(p,a,b)$: Devroye's rejection sampler inside the quadrant, gamma draws on its edges."
+    return jnp.exp(gig_log_rvs(key, p, a, b, n))
 
 # %% ../../nbs/47_em_gig.ipynb #a72dd825
 class GIGSolution(NamedTuple):

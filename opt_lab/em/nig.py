@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from .bessel import gig_moments, log_kv_ladder
-from .expfam import NormalMixture, average_statistics, normal_m_step, normal_mixture_draws, quadratic_forms
+from .expfam import NormalMixture, average_statistics, normal_m_step, normal_mixture_draws, quadratic_forms, root_offset_squares, whitened
 
 # %% auto #0
 __all__ = ['NormalInverseGaussian']
@@ -22,14 +22,14 @@ __all__ = ['NormalInverseGaussian']
 @jax.jit
 def _nig_log_prob(model, X):
     d = X.shape[-1]
-    q, gg, xg, log_det = quadratic_forms(model.mu, model.gamma, model.sigma, X)
+    z, g, log_det = whitened(model.mu, model.gamma, model.sigma, X)
     a, b = model.lam / model.mu_ig**2, model.lam
-    A, B = a + gg, b + q
-    log_k, _ = log_kv_ladder(d + 1, jnp.sqrt(A * B))
+    root_a_post, root_b_post = jnp.sqrt(a + g @ g), root_offset_squares(b, z)  # b + Q overflows far in the tails
+    log_k, _ = log_kv_ladder(d + 1, root_a_post * root_b_post)
     root_ab = model.lam / model.mu_ig
     log_k_prior = 0.5 * jnp.log(jnp.pi / (2 * root_ab)) - root_ab  # K_{1/2}
-    return (-0.25 * jnp.log(a / b) - log_k_prior - d / 2 * math.log(2 * math.pi) - 0.5 * log_det + xg + log_k
-            - (d + 1) / 4 * jnp.log(B / A))
+    return (-0.25 * jnp.log(a / b) - log_k_prior - d / 2 * math.log(2 * math.pi) - 0.5 * log_det + z @ g + log_k
+            - (d + 1) / 2 * (jnp.log(root_b_post) - jnp.log(root_a_post)))
 
 @jax.jit
 def _nig_posterior(model, X):
@@ -64,9 +64,13 @@ def _nig_rvs(model, n, key):
     m, lam = model.mu_ig, model.lam
     # Michael, Schucany & Haas (1976): solve the inverse Gaussian's chi-square transform, then pick a root
     y = jax.random.normal(k_chi, (n,)) ** 2
-    root = m + m * m * y / (2 * lam) - m / (2 * lam) * jnp.sqrt(4 * m * lam * y + (m * y) ** 2)
-    w = jnp.where(jax.random.uniform(k_pick, (n,)) <= m / (m + root), root, m * m / root)
-    return normal_mixture_draws(model.mu, model.gamma, model.sigma, w, k_normal)
+    # the smaller root m (1 + phi - sqrt(phi^2 + 2 phi)), phi = m y / 2 lam, written without the cancellation that
+    # loses it entirely at mu_ig = 1e10, lam = 1e-10; the larger root is m^2 over it; both in logs
+    phi = m / (2 * lam) * y
+    log_spread = jnp.log1p(phi + jnp.sqrt(phi) * jnp.sqrt(phi + 2))
+    smaller = jax.random.uniform(k_pick, (n,)) * (1 + jnp.exp(-log_spread)) <= 1  # probability m / (m + root)
+    log_w = jnp.log(m) + jnp.where(smaller, -log_spread, log_spread)
+    return normal_mixture_draws(model.mu, model.gamma, model.sigma, log_w, k_normal)
 
 # %% ../../nbs/43_em_nig.ipynb #ed7ada87
 class _NormalInverseGaussianFields(NamedTuple):
