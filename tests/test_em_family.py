@@ -217,9 +217,11 @@ def test_a_fit_whose_every_step_is_rejected_raises(fits):
 
 
 @pytest.mark.parametrize("family,kwargs,message", [
-    (VarianceGamma, dict(alpha=0.0, beta=1.0), "alpha must be > 0"),
+    (VarianceGamma, dict(alpha=0.0, beta=1.0), r"alpha must be in \[1e-300, 1e\+300\], got 0.0"),
     (NormalInverseGamma, dict(alpha=1.0, beta=float("inf")), "beta must be finite"),
-    (GeneralizedHyperbolic, dict(p=0.5, a=1.0, b=-1.0), "b must be > 0"),
+    (GeneralizedHyperbolic, dict(p=0.5, a=1.0, b=-1.0), r"b must be in \[1e-300, 1e\+300\], got -1.0"),
+    (GeneralizedHyperbolic, dict(p=2e12, a=1.0, b=1.0), r"p must satisfy \|p\| <= 1e\+12"),
+    (NormalInverseGamma, dict(alpha=1e13, beta=1.0), r"alpha must satisfy \|alpha\| <= 1e\+12"),
     (GeneralizedHyperbolic, dict(p=0.5, a=1.0), "p=, a=, b="),
     (VarianceGamma, dict(alpha=1.0, beta=1.0, gamma_=1.0), "alpha=, beta="),
 ])

@@ -133,3 +133,24 @@ def gig_log_normalizer(twice_p: int, a, b) -> jax.Array:
     "$\\log\\int_0^\\infty w^{p-1}e^{-(aw+b/w)/2}\\,dw$ for an order with $2p$ integer."
     here, _ = log_kv_ladder(abs(twice_p), jnp.sqrt(a * b))
     return math.log(2.0) + twice_p / 4 * jnp.log(b / a) + here
+
+# %% ../../nbs/42_em_bessel.ipynb #702f5fac
+# The internal functions take sqrt(a) and sqrt(b): a mixture's posterior has b + Q, and far in the tails (|x| ~ 1e200)
+# Q overflows while sqrt(b + Q), and with it log Z, is an ordinary number.
+def _interior(root_a, root_b):
+    "Whether $(a,b)$ is inside the quadrant, and placeholders that keep the Bessel branch finite where it is not."
+    inside = (root_a > 0) & (root_b > 0)
+    return inside, jnp.where(inside, root_a, 1.0), jnp.where(inside, root_b, 1.0)
+
+def _edge_law(p, root_a, root_b):
+    "On the edges, $W$ or $1/W$ is gamma: whether on the gamma side ($b=0$), whether the integral converges, the shape and the log rate."
+    gamma_side = root_b == 0
+    shape, root = jnp.where(gamma_side, p, -p), jnp.where(gamma_side, root_a, root_b)
+    valid = (shape > 0) & (root > 0)
+    return gamma_side, valid, jnp.where(valid, shape, 1.0), 2 * jnp.log(jnp.where(valid, root, 1.0)) - math.log(2.0)
+
+def _edge_log_partition(p, root_a, root_b):
+    "$\\log Z$ on the edges: gamma ($b=0$) and inverse gamma ($a=0$); $+\\infty$ where the integral diverges."
+    _, valid, shape, log_rate = _edge_law(p, root_a, root_b)
+    return jnp.where(valid, gammaln(shape) - shape * log_rate, jnp.inf)
+

@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import as_key, check_int, check_positive, check_real, patch_to, real_float64
+from ..core import as_key, check_in_range, check_int, check_positive, check_real, patch_to, real_float64
 
 # %% auto #0
-__all__ = ['FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics', 'joint_statistics', 'normal_m_step',
-           'normal_eta', 'whitened', 'quadratic_forms', 'root_offset_squares', 'as_data', 'check_fit_data',
-           'check_normal_part', 'moment_start', 'normal_mixture_draws', 'NormalMixture', 'check_family', 'Gaussian']
+__all__ = ['POSITIVE_RANGE', 'ORDER_LIMIT', 'FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics',
+           'joint_statistics', 'normal_m_step', 'normal_eta', 'whitened', 'quadratic_forms', 'root_offset_squares',
+           'as_data', 'check_fit_data', 'check_normal_part', 'moment_start', 'normal_mixture_draws',
+           'check_mixing_domain', 'NormalMixture', 'check_family', 'Gaussian']
 
 # %% ../../nbs/41_em_expfam.ipynb #39b54e4f
 def require_float64(what: str="opt_lab.em", # what needs it, for the message
@@ -181,12 +182,28 @@ def normal_mixture_draws(mu, gamma, sigma, # the normal part
     z = jax.random.normal(key, (log_w.shape[0], mu.shape[0])) @ jnp.linalg.cholesky(sigma).T
     return mu + jnp.exp(log_w)[:, None] * gamma + jnp.exp(log_w / 2)[:, None] * z
 
+# %% ../../nbs/41_em_expfam.ipynb #fd30e5e4
+POSITIVE_RANGE = (1e-300, 1e300)  # domain of every positive mixing parameter (scales, rates, a and b of a GIG)
+ORDER_LIMIT = 1e12  # domain of every mixing parameter that is a Bessel order: |value| <= ORDER_LIMIT
+
+def check_mixing_domain(family: type, # a model class
+                        name: str, # one of its `mixing_fields`
+                        value, # the value given
+                       ) -> float:
+    "Raise a `ValueError` naming `name` and `value` unless it lies in the family's documented domain."
+    value = float(check_real(name, value))
+    if name in family.positive_fields: check_in_range(name, value, *POSITIVE_RANGE)
+    if name in family.order_fields and not abs(value) <= ORDER_LIMIT:
+        raise ValueError(f"{name} must satisfy |{name}| <= {ORDER_LIMIT:g} (an order of the Bessel function), got {value!r}")
+    return value
+
 # %% ../../nbs/41_em_expfam.ipynb #12e4641e
 class NormalMixture:
     "Methods shared by normal variance-mean mixtures; a family is a `NamedTuple` of $(\\mu,\\gamma,\\Sigma,\\dots)$ plus this."
     __slots__ = ()
     mixing_fields: tuple = () # names of the mixing parameters, in field order
-    positive_fields: tuple = () # mixing parameters that must be positive
+    positive_fields: tuple = () # mixing parameters that must be positive: their domain is POSITIVE_RANGE
+    order_fields: tuple = () # mixing parameters that enter as a GIG (Bessel) order: their domain is |value| <= ORDER_LIMIT
     default_mixing: tuple = () # mixing parameters of the moment start (a law with E[W] = 1)
     needs_log_w: bool = False # whether the mixing M-step needs E[log W]
     gauge_fn = None # for families identified only up to a scale: η -> η in the normalised gauge, applied before the M-step
@@ -198,9 +215,7 @@ class NormalMixture:
             names = ", ".join(f"{f}=" for f in cls.mixing_fields)
             raise ValueError(f"{cls.__name__} takes the mixing parameters {names} got {sorted(mixing)}")
         mu, gamma, sigma = check_normal_part(mu, gamma, sigma)
-        for name in cls.mixing_fields:
-            value = check_real(name, mixing[name])
-            if name in cls.positive_fields: check_positive(name, value)
+        for name in cls.mixing_fields: check_mixing_domain(cls, name, mixing[name])
         return cls(jnp.asarray(mu), jnp.asarray(gamma), jnp.asarray(sigma), *(jnp.float64(mixing[f]) for f in cls.mixing_fields))
 
     @classmethod
@@ -286,10 +301,12 @@ def m_step(self, eta: MixtureEta):
 
 @patch_to(NormalMixture)
 def is_admissible(self) -> jax.Array:
-    "Whether the parameters describe a distribution: finite, positive where required, positive definite sigma."
+    "Whether the parameters describe a distribution inside the documented domain: finite, positive fields in `POSITIVE_RANGE`, orders within `ORDER_LIMIT`, positive definite sigma."
     finite = jnp.all(jnp.array([jnp.isfinite(leaf).all() for leaf in self]))
-    positive = jnp.all(jnp.array([getattr(self, f) > 0 for f in self.positive_fields]))
-    return finite & positive & jnp.isfinite(jnp.linalg.cholesky(self.sigma)).all()
+    low, high = POSITIVE_RANGE
+    positive = jnp.all(jnp.array([(getattr(self, f) >= low) & (getattr(self, f) <= high) for f in self.positive_fields]))
+    orders = jnp.all(jnp.array([jnp.abs(getattr(self, f)) <= ORDER_LIMIT for f in self.order_fields] or [True]))
+    return finite & positive & orders & jnp.isfinite(jnp.linalg.cholesky(self.sigma)).all()
 
 # %% ../../nbs/41_em_expfam.ipynb #06991180
 FAMILY_HOOKS = ("log_prob_fn", "e_step_fn", "m_step_fn", "e_step_and_ll_fn", "summary_fn", "rvs_fn")

@@ -100,6 +100,7 @@ class VarianceGamma(_VarianceGammaFields, GIGMixture):
     "Variance gamma mixture: $W\\sim\\mathrm{Gamma}(\\alpha,\\beta)$ (shape, rate), i.e. $\\mathrm{GIG}(\\alpha,2\\beta,0)$."
     __slots__ = ()
     mixing_fields, positive_fields, default_mixing = ("alpha", "beta"), ("alpha", "beta"), (2.0, 2.0)
+    order_fields = ("alpha",)
 
     def mixing_law(self) -> tuple:
         "The mixing law as $(p,a,b)$ of a GIG."
@@ -120,6 +121,7 @@ class NormalInverseGamma(_NormalInverseGammaFields, GIGMixture):
     "Normal-inverse gamma mixture: $W\\sim\\mathrm{InvGamma}(\\alpha,\\beta)$, i.e. $\\mathrm{GIG}(-\\alpha,0,2\\beta)$; skewed Student $t$."
     __slots__ = ()
     mixing_fields, positive_fields, default_mixing = ("alpha", "beta"), ("alpha", "beta"), (3.0, 2.0)
+    order_fields = ("alpha",)
 
     def mixing_law(self) -> tuple:
         "The mixing law as $(p,a,b)$ of a GIG."
@@ -150,6 +152,7 @@ class GeneralizedHyperbolic(_GeneralizedHyperbolicFields, GIGMixture):
     "Generalised hyperbolic mixture: $W\\sim\\mathrm{GIG}(p,a,b)$, density $\\propto w^{p-1}e^{-(aw+b/w)/2}$; fits normalised to $|\\Sigma|=1$."
     __slots__ = ()
     mixing_fields, positive_fields, default_mixing = ("p", "a", "b"), ("a", "b"), (-0.5, 1.0, 1.0)
+    order_fields = ("p",)
     gauge_fn = staticmethod(_unit_determinant_gauge)
 
     def mixing_law(self) -> tuple:

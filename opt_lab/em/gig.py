@@ -13,9 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import digamma, gammaln, polygamma
+from jax.scipy.special import digamma, polygamma
 
-from ..core import as_key, check_int, check_real
+from ..core import as_key, check_in_range, check_int, check_real
+from .expfam import ORDER_LIMIT, POSITIVE_RANGE
+from .bessel import _edge_law, _edge_log_partition, _interior
 from .kv import log_kv, log_kv_and_ratio
 
 # %% auto #0
@@ -25,25 +27,6 @@ __all__ = ['MAX_REJECTION_ROUNDS', 'gig_log_partition', 'gig_expectations', 'gig
 # %% ../../nbs/47_em_gig.ipynb #ce712a4e
 def _as_float64(*values):
     return jnp.broadcast_arrays(*(jnp.asarray(v, dtype=jnp.float64) for v in values))
-
-# The internal functions take sqrt(a) and sqrt(b): a mixture's posterior has b + Q, and far in the tails (|x| ~ 1e200)
-# Q overflows while sqrt(b + Q), and with it log Z, is an ordinary number.
-def _interior(root_a, root_b):
-    "Whether $(a,b)$ is inside the quadrant, and placeholders that keep the Bessel branch finite where it is not."
-    inside = (root_a > 0) & (root_b > 0)
-    return inside, jnp.where(inside, root_a, 1.0), jnp.where(inside, root_b, 1.0)
-
-def _edge_law(p, root_a, root_b):
-    "On the edges, $W$ or $1/W$ is gamma: whether on the gamma side ($b=0$), whether the integral converges, the shape and the log rate."
-    gamma_side = root_b == 0
-    shape, root = jnp.where(gamma_side, p, -p), jnp.where(gamma_side, root_a, root_b)
-    valid = (shape > 0) & (root > 0)
-    return gamma_side, valid, jnp.where(valid, shape, 1.0), 2 * jnp.log(jnp.where(valid, root, 1.0)) - math.log(2.0)
-
-def _edge_log_partition(p, root_a, root_b):
-    "$\\log Z$ on the edges: gamma ($b=0$) and inverse gamma ($a=0$); $+\\infty$ where the integral diverges."
-    _, valid, shape, log_rate = _edge_law(p, root_a, root_b)
-    return jnp.where(valid, gammaln(shape) - shape * log_rate, jnp.inf)
 
 def _log_partition(p, root_a, root_b):
     inside, root_a_in, root_b_in = _interior(root_a, root_b)
@@ -288,6 +271,9 @@ class GIG(NamedTuple):
         "Build a GIG, checking that the parameters give a proper law ($a=0$ needs $p<0$, $b=0$ needs $p>0$)."
         p, a, b = (float(check_real(name, value)) for name, value in (("p", p), ("a", a), ("b", b)))
         if a < 0 or b < 0: raise ValueError(f"a and b must be >= 0, got a={a!r}, b={b!r}")
+        for name, value in (("a", a), ("b", b)):
+            if value: check_in_range(name, value, *POSITIVE_RANGE)  # 0 is an edge of the family, not outside it
+        if not abs(p) <= ORDER_LIMIT: raise ValueError(f"p must satisfy |p| <= {ORDER_LIMIT:g} (an order of the Bessel function), got {p!r}")
         if (a == 0 and not p < 0) or (b == 0 and not p > 0):
             raise ValueError(f"GIG(p={p}, a={a}, b={b}) is not a distribution: a = 0 needs p < 0 and b = 0 needs p > 0")
         return cls(jnp.float64(p), jnp.float64(a), jnp.float64(b))

@@ -152,7 +152,10 @@ def log_kv_and_ratio(nu: jax.Array, # order, any real
 
     _, log_k, t = lax.while_loop(lambda s: s[0] <= steps.max(initial=0.0), block, (jnp.float64(1.0), log_k, up))
     recurrence = log_k, jnp.where(steps == 0, up, 1 / t)
-    return tuple(jnp.where(large, e, r) for e, r in zip(expansion, recurrence))
+    log_k, ratio = (jnp.where(large, e, r) for e, r in zip(expansion, recurrence))
+    # an argument that overflowed upstream (a posterior's sqrt(a b) far in the tails): K is 0 there and the ratio 1
+    beyond = z == jnp.inf
+    return jnp.where(beyond, -jnp.inf, log_k), jnp.where(beyond, 1.0, ratio)
 
 # %% ../../nbs/46_em_log_kv.ipynb #5fa82b4e
 @jax.custom_jvp

@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from .bessel import gig_moments, log_kv_ladder
-from .expfam import NormalMixture, average_statistics, normal_m_step, normal_mixture_draws, quadratic_forms, root_offset_squares, whitened
+from .bessel import _edge_log_partition, _interior
+from .expfam import (POSITIVE_RANGE, NormalMixture, average_statistics, normal_m_step, normal_mixture_draws,
+                               quadratic_forms, root_offset_squares, whitened)
 
 # %% auto #0
 __all__ = ['NormalInverseGaussian']
@@ -23,13 +25,20 @@ __all__ = ['NormalInverseGaussian']
 def _nig_log_prob(model, X):
     d = X.shape[-1]
     z, g, log_det = whitened(model.mu, model.gamma, model.sigma, X)
-    a, b = model.lam / model.mu_ig**2, model.lam
-    root_a_post, root_b_post = jnp.sqrt(a + g @ g), root_offset_squares(b, z)  # b + Q overflows far in the tails
-    log_k, _ = log_kv_ladder(d + 1, root_a_post * root_b_post)
-    root_ab = model.lam / model.mu_ig
-    log_k_prior = 0.5 * jnp.log(jnp.pi / (2 * root_ab)) - root_ab  # K_{1/2}
-    return (-0.25 * jnp.log(a / b) - log_k_prior - d / 2 * math.log(2 * math.pi) - 0.5 * log_det + z @ g + log_k
-            - (d + 1) / 2 * (jnp.log(root_b_post) - jnp.log(root_a_post)))
+    # the posterior GIG(-(d+1)/2, a + g'g, b + Q) with a = lam/mu_ig^2, b = lam, as square roots: b + Q overflows far in
+    # the tails and a underflows at mu_ig = 1e300, lam = 1e-300; a zero sqrt(a + g'g) is the inverse-gamma edge
+    order = -(d + 1) / 2
+    root_a_post = jnp.hypot(jnp.sqrt(model.lam) / model.mu_ig, jnp.linalg.norm(g))
+    root_b_post = root_offset_squares(model.lam, z)
+    inside, root_a_in, root_b_in = _interior(root_a_post, root_b_post)
+    log_k, _ = log_kv_ladder(d + 1, root_a_in * root_b_in)
+    log_z_post = jnp.where(inside, order * (jnp.log(root_b_in) - jnp.log(root_a_in)) + log_k,
+                           _edge_log_partition(order, root_a_post, root_b_post) - math.log(2.0))
+    # the prior's log Z: K_{1/2}(x) = sqrt(pi / 2x) e^-x at x = lam / mu_ig, kept in logs (x can be 1e-600); the factors
+    # 2 of both log-partitions cancel
+    log_x = jnp.log(model.lam) - jnp.log(model.mu_ig)
+    log_z_prior = -0.5 * jnp.log(model.mu_ig) + 0.5 * (math.log(math.pi / 2) - log_x) - jnp.exp(log_x)
+    return log_z_post - log_z_prior - d / 2 * math.log(2 * math.pi) - 0.5 * log_det + z @ g
 
 @jax.jit
 def _nig_posterior(model, X):
@@ -92,6 +101,17 @@ class NormalInverseGaussian(_NormalInverseGaussianFields, NormalMixture):
     e_step_and_ll_fn = staticmethod(_nig_e_step_and_ll)
     summary_fn = staticmethod(_nig_summary)
     rvs_fn = staticmethod(_nig_rvs)
+
+    @classmethod
+    def from_classical(cls, *, mu, gamma, sigma, **mixing):
+        "`NormalMixture.from_classical`, and the GIG's $a=\\lambda/\\mu_{IG}^2$ must lie in `POSITIVE_RANGE` too."
+        model = NormalMixture.from_classical.__func__(cls, mu=mu, gamma=gamma, sigma=sigma, **mixing)
+        log_a = math.log(float(model.lam)) - 2 * math.log(float(model.mu_ig))
+        low, high = POSITIVE_RANGE
+        if not math.log(low) <= log_a <= math.log(high):
+            raise ValueError(f"lam / mu_ig**2 (the GIG's a) must be in [{low:g}, {high:g}], got exp({log_a:.6g}) "
+                             f"from mu_ig={float(model.mu_ig):g}, lam={float(model.lam):g}")
+        return model
 
     def mixing_expectations(self) -> tuple:
         "$(E[W],E[1/W],\\text{None})$: $m$ and $1/m+1/\\lambda$; the NIG's M-step does not use $E[\\log W]$."
