@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import as_key, check_in_range, check_int, check_positive, check_real, patch_to, real_float64
+from ..core import as_key, check_in_range, check_int, check_real, patch_to, real_float64
 
 # %% auto #0
 __all__ = ['POSITIVE_RANGE', 'ORDER_LIMIT', 'FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics',
