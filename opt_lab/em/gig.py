@@ -15,10 +15,10 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import digamma, polygamma
 
-from ..core import as_key, check_in_range, check_int, check_real
-from .expfam import ORDER_LIMIT, POSITIVE_RANGE
+from ..core import as_key, check_int, check_real
+from .expfam import check_mixing_domain
 from .bessel import _edge_law, _edge_log_partition, _interior
-from .kv import log_kv, log_kv_and_ratio
+from .kv import _safe_asinh, log_kv, log_kv_and_ratio
 
 # %% auto #0
 __all__ = ['MAX_REJECTION_ROUNDS', 'gig_log_partition', 'gig_expectations', 'gig_variance', 'gig_log_prob', 'gig_log_rvs',
@@ -99,11 +99,6 @@ def gig_log_prob(w: jax.Array, # points, positive
 # %% ../../nbs/47_em_gig.ipynb #ce15c230
 MAX_REJECTION_ROUNDS = 200  # the acceptance rate is above 0.5 everywhere: a point left after 200 rounds means NaN input
 
-def _safe_asinh(x_num, x_den):
-    "asinh(x_num / x_den) for positive arguments without forming a ratio that overflows."
-    far = x_num <= x_den
-    return jnp.where(far, jnp.arcsinh(x_num / jnp.where(far, x_den, x_num)),
-                     jnp.log(x_num) - jnp.log(x_den) + jnp.log1p(jnp.hypot(1.0, x_den / x_num)))
 
 def _devroye_envelope(lam, omega):
     "Devroye's (2014) hat for $\\psi$: the break points and the tail slopes, stable for $\\omega$ down to the smallest float."
@@ -265,15 +260,16 @@ class GIG(NamedTuple):
     p: jax.Array # order
     a: jax.Array # $a\ge0$
     b: jax.Array # $b\ge0$
+    positive_fields, order_fields = ("a", "b"), ("p",)  # the domains `check_mixing_domain` enforces
+
 
     @classmethod
     def from_params(cls, p: float, a: float, b: float) -> GIG:
         "Build a GIG, checking that the parameters give a proper law ($a=0$ needs $p<0$, $b=0$ needs $p>0$)."
         p, a, b = (float(check_real(name, value)) for name, value in (("p", p), ("a", a), ("b", b)))
         if a < 0 or b < 0: raise ValueError(f"a and b must be >= 0, got a={a!r}, b={b!r}")
-        for name, value in (("a", a), ("b", b)):
-            if value: check_in_range(name, value, *POSITIVE_RANGE)  # 0 is an edge of the family, not outside it
-        if not abs(p) <= ORDER_LIMIT: raise ValueError(f"p must satisfy |p| <= {ORDER_LIMIT:g} (an order of the Bessel function), got {p!r}")
+        for name, value in (("p", p), ("a", a), ("b", b)):
+            if value: check_mixing_domain(cls, name, value)  # a or b = 0 is an edge of the family, not outside it
         if (a == 0 and not p < 0) or (b == 0 and not p > 0):
             raise ValueError(f"GIG(p={p}, a={a}, b={b}) is not a distribution: a = 0 needs p < 0 and b = 0 needs p > 0")
         return cls(jnp.float64(p), jnp.float64(a), jnp.float64(b))

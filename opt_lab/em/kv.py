@@ -106,6 +106,12 @@ def _olver_polynomials(terms: int) -> np.ndarray:
 
 _OLVER = _olver_polynomials(OLVER_TERMS)
 
+def _safe_asinh(x_num, x_den):
+    "asinh(x_num / x_den) for positive arguments, in logs where the ratio could overflow (1e12 / 1e-300)."
+    far = x_num <= x_den
+    return jnp.where(far, jnp.arcsinh(x_num / jnp.where(far, x_den, x_num)),
+                     jnp.log(x_num) - jnp.log(x_den) + jnp.log1p(jnp.hypot(1.0, x_den / x_num)))
+
 def _olver_expansion(nu, z):
     "log K_nu(z) and K_{nu-1}(z)/K_nu(z) for nu > ORDER_SWITCH, any z > 0."
     h = jnp.hypot(nu, z)
@@ -116,10 +122,7 @@ def _olver_expansion(nu, z):
     for k in range(OLVER_TERMS, -1, -1):
         u_sum = u_sum * minus_r + polys[..., k]
         w_sum = w_sum * minus_r + polys[..., OLVER_TERMS + 1 + k]
-    far = nu <= z
-    asinh = jnp.where(far, jnp.arcsinh(nu / jnp.where(far, z, nu)),
-                      jnp.log(nu) - jnp.log(z) + jnp.log1p(jnp.hypot(1.0, z / nu)))
-    log_k = 0.5 * np.log(np.pi / 2) - 0.5 * jnp.log(h) - h + nu * asinh + jnp.log(u_sum)
+    log_k = 0.5 * np.log(np.pi / 2) - 0.5 * jnp.log(h) - h + nu * _safe_asinh(nu, z) + jnp.log(u_sum)
     return log_k, z / (nu + h) - p * (z / h) * w_sum / u_sum
 
 # %% ../../nbs/46_em_log_kv.ipynb #1eca6bf1
