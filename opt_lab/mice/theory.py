@@ -50,29 +50,40 @@ def _constrained_sizes(V, c, tol2, N, low) -> list:
     if budget <= 0:  # a zero tolerance on an expectation: no finite size will do
         for i in live: sizes[i] = high
         return sizes
-    if all([sizes[i] > 0 for i in live]) and sum([V[i] / sizes[i] for i in live]) <= budget: return sizes  # held suffices
+    fpc = 0.0 if N is None else 1.0 / N
+    # a level's error V/M (1 - M/N) is kept on its own, exactly 0 at M = N: summing V/M and subtracting V/N would
+    # bury a small level's error under the rounding of a large one's
+    held = lambda i: V[i] / sizes[i] * max(1.0 - sizes[i] * fpc, 0.0)
+    if all([sizes[i] > 0 for i in live]) and sum([held(i) for i in live]) <= tol2: return sizes  # held suffices
     rate = [math.sqrt(v / ci) if v > 0 else 0.0 for v, ci in zip(V, c)]
     # sweep the multiplier upwards through the points where a level leaves its lower bound (index i) or reaches N
-    # (index ~i); between two such points the error is bound_error + spread / multiplier
-    bound_error, spread, points = 0.0, 0.0, []
+    # (index ~i); between two such points the error exceeds tol2 by bound_error + spread / multiplier - free_fpc
+    bound_error, spread, free_fpc, points = 0.0, 0.0, 0.0, []
     free = [s == 0 for s in sizes]  # False: at its lower bound, or at N once it has left the lower bound
     for i in live:
         if sizes[i] > 0:
-            bound_error += V[i] / sizes[i]
+            bound_error += held(i)
             points.append((sizes[i] / rate[i], i))
-        else: spread += V[i] / rate[i]
+        else: spread, free_fpc = spread + V[i] / rate[i], free_fpc + V[i] * fpc
         if high < math.inf: points.append((high / rate[i], ~i))
     points.sort(key=_first)  # stable: a level leaves its bound before it reaches N at the same multiplier
+    low = sizes.copy()
+    def error_at(lam):  # the error at a multiplier, level by level: decides the near ties the running sums cannot
+        at = [min(max(lam * rate[i], low[i]), high) for i in live]
+        return math.fsum([V[i] / m * max(1.0 - m * fpc, 0.0) for i, m in zip(live, at)])
     for point, i in points:
-        if spread > 0 and bound_error < budget and spread / (budget - bound_error) <= point: break
+        room = tol2 + free_fpc - bound_error
+        if spread > 0 and room > 0 and spread / room <= point * (1 + 1e-6):
+            if spread / room < point * (1 - 1e-6) or error_at(point) <= tol2: break
         if i >= 0:
-            bound_error -= V[i] / sizes[i]
+            bound_error -= held(i)
             spread += V[i] / rate[i]
+            free_fpc += V[i] * fpc
             free[i] = True
-        else:
+        else:  # at N a level adds no error
             i = ~i
-            bound_error += V[i] / high
             spread -= V[i] / rate[i]
+            free_fpc -= V[i] * fpc
             free[i], sizes[i] = False, high
     # the running sums find the interval; its multiplier comes from exact sums, since adding and later removing a
     # large V/M leaves a rounding residue that a small tolerance would notice. Levels at N add no error.
@@ -87,6 +98,7 @@ def _constrained_sizes(V, c, tol2, N, low) -> list:
     for i in live: sizes[i] = min(max(multiplier * rate[i], sizes[i]), high)
     return sizes
 
+# %% ../../nbs/21_mice_theory.ipynb #64e80839
 def optimal_sample_sizes(V, # per-level variance sums $V_\ell$, shape `(L,)`
                          cost, # per-level cost of one sample (1 for a gradient, 2 for a difference)
                          tol: float, # the error tolerance: the result meets `mice_error <= tol**2`
