@@ -169,19 +169,20 @@ def _quadratic_rows(reference, repeats, report):
     return rows
 
 # %% ../../nbs/30_mice_logistic.ipynb #af1f008c
+def _reference_logistic(reference, logistic, grad, seed):
+    "mice 1.0.5's estimator with the configuration of `logistic_mice`."
+    est = reference.MICE(grad, logistic["data"], eps=0.577, min_batch=5, restart_factor=100, convex=True,
+                         policy=reference.policy.DropRestartClipPolicy(drop_param=0.5, restart_param=10, max_hierarchy_size=100),
+                         re_part=5, re_quantile=0.05, re_tot_cost=1.0, re_min_n=10, max_cost=30 * logistic["N"])
+    est.rng = np.random.default_rng(seed)
+    return est
+
 def _logistic_rows(reference, logistic, repeats, report):
     "Seeds reaching gap 1e-6, RMS error and bookkeeping per call on this chapter's problem."
     from opt_lab.book.mice_quadratic import rms_error, run_mice
     rows = []
-    def reference_logistic(grad, seed):
-        est = reference.MICE(grad, logistic["data"], eps=0.577, min_batch=5, restart_factor=100, convex=True,
-                             policy=reference.policy.DropRestartClipPolicy(drop_param=0.5, restart_param=10,
-                                                                          max_hierarchy_size=100),
-                             re_part=5, re_quantile=0.05, re_tot_cost=1.0, re_min_n=10, max_cost=30 * logistic["N"])
-        est.rng = np.random.default_rng(seed)
-        return est
     logistic_impls = {"opt_lab": lambda grad, seed: logistic_mice(logistic | dict(grad=grad), seed=seed)}
-    if reference: logistic_impls["mice 1.0.5"] = reference_logistic
+    if reference: logistic_impls["mice 1.0.5"] = lambda grad, seed: _reference_logistic(reference, logistic, grad, seed)
     for name, make in logistic_impls.items():
         logs = [run_mice(make(logistic["grad"], s), logistic) for s in range(repeats)]
         reached = sum(bool((log.gap <= 1e-6).any()) for log in logs)
