@@ -285,7 +285,7 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
 # %% ../nbs/90_cli.ipynb #46616c4e
 BENCHMARKS = {"optim": ("opt_lab.book.optim_race", "bench_optim"), "mice": ("opt_lab.book.mice_logistic", "bench_mice"),
               "mice-compiled": ("opt_lab.book.mice_compiled", "bench_mice_compiled"),
-              "em": ("opt_lab.book.em_family_tutorial", "bench_em")}
+              "em": ("opt_lab.book.scaling_out", "bench_em_at_scale")}
 
 def run_benchmark(target: str, # a key of `BENCHMARKS`
                   **options, # the benchmark function's keyword arguments (`None` values are left out)

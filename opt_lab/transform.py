@@ -169,7 +169,10 @@ def _step_count(state) -> jax.Array:
 
 def _nan_if_nonfinite(x) -> jax.Array:
     "0 when every entry of `x` is finite, nan otherwise: x·0 summed, as a matrix-vector product XLA runs on all cores."
-    flat = jnp.asarray(x).reshape(-1)
+    x = jnp.asarray(x)
+    if any(axis is not None for axis in jax.typeof(x).sharding.spec):
+        return jnp.sum(x * 0)  # split over an explicit mesh: each device reduces its own block, and a reshape is not defined
+    flat = x.reshape(-1)
     # a vectorised `max` may drop a nan, and a plain sum reduces on one core; a zero vector keeps nan and inf (0·inf = nan)
     rows = next((k for k in (64, 32, 16, 8, 4, 2) if flat.size % k == 0), 1)
     return jnp.sum(flat.reshape(rows, -1) @ jnp.zeros(flat.size // rows, flat.dtype))

@@ -14,6 +14,14 @@ jax.config.update("jax_enable_x64", True)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long accuracy sweeps (run in CI; deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "own_process(suite): the test waits for tests/<suite>, run by pytest in a process of its own")
+
+
+def pytest_collection_finish(session):
+    "Start the selected own-process suites now, so that they run beside the rest of the tests (tests/own_process.py)."
+    from own_process import start
+    for item in session.items:
+        for mark in item.iter_markers("own_process"): start(*mark.args)
 
 
 @pytest.fixture

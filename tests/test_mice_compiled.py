@@ -4,15 +4,11 @@ The suite compiles several dozen XLA programs. Late in a full run of tests/ (ove
 compilations in one process), two CI runs crashed with SIGSEGV inside XLA's compiler, once compiling a large program and
 once a single concatenate; neither reproduced in a shorter process. A process of its own keeps those compilations apart
 from the rest of the suite, and a crash there is reported as a failure with its output instead of ending the run."""
-import subprocess
-import sys
-from pathlib import Path
+import pytest
 
-SUITE = Path(__file__).with_name("mice_compiled_suite.py")
+from own_process import run_suite
 
 
+@pytest.mark.own_process("mice_compiled_suite.py")
 def test_the_compiled_suite_passes_in_a_process_of_its_own():
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(SUITE)],
-                         capture_output=True, text=True, cwd=SUITE.parents[1])
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout.splitlines()[-1]
+    run_suite("mice_compiled_suite.py")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import as_key, check_in_range, check_int, check_real, patch_to, real_float64
+from ..sharding import NamedSharding, auto_mesh
 
 # %% auto #0
 __all__ = ['POSITIVE_RANGE', 'ORDER_LIMIT', 'FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics',
@@ -103,6 +104,44 @@ def root_offset_squares(c: jax.Array, # non-negative offset, broadcast against t
     safe = jnp.where(big > 0, big, 1.0)
     return jnp.where(big > 0, safe * jnp.sqrt((jnp.sqrt(c) / safe) ** 2 + ((z / safe[..., None]) ** 2).sum(-1)), 0.0)
 
+# %% ../../nbs/41_em_expfam.ipynb #0367e7a4
+def _spread_over_devices(X) -> bool:
+    "Whether `X` is a JAX array laid out over several devices (possibly over several processes: it is never gathered)."
+    return isinstance(X, jax.Array) and len(X.sharding.device_set) > 1
+
+@jax.jit
+def _nonfinite_rows(X):
+    bad = ~jnp.isfinite(X).all(axis=1)
+    return bad.sum(), jnp.argmax(bad)
+
+def _as_spread_data(X, dim, name, min_rows):
+    "`as_data` for an array over several devices: the same checks by device reductions, the layout kept (in `Auto` mode)."
+    if not jnp.issubdtype(X.dtype, jnp.floating) and not jnp.issubdtype(X.dtype, jnp.integer):
+        raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if X.ndim != 2: raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {X.shape}")
+    n, d = X.shape
+    if n < min_rows or d == 0: raise ValueError(f"{name} must hold at least {min_rows} row(s) and one column, got shape {X.shape}")
+    if dim is not None and d != dim: raise ValueError(f"{name} has {d} columns but the model has dimension {dim}")
+    sharding = X.sharding
+    if isinstance(sharding, NamedSharding): sharding = NamedSharding(auto_mesh(sharding.mesh), sharding.spec)
+    X = jax.jit(lambda x: x.astype(jnp.float64), out_shardings=sharding)(X)
+    count, first = _nonfinite_rows(X)
+    if int(count): raise ValueError(f"{name} has non-finite values (NaN or inf) in {int(count)} row(s), first at row {int(first)}")
+    return X
+
+@jax.jit
+def _spread_moments(X):
+    centred = X - X.mean(0)
+    return X.min(0), X.max(0), centred.T @ centred
+
+def _spread_data_is_regular(X) -> bool:
+    "The plain checks of `check_fit_data` from device reductions (no column constant, correlation eigenvalue > 1e-12)."
+    low, high, cov = map(np.asarray, _spread_moments(X))
+    if (low == high).any(): return False
+    scale = 1 / np.sqrt(np.diag(cov))
+    return np.linalg.eigvalsh(cov * scale[:, None] * scale[None, :])[0] > 1e-12
+
+
 # %% ../../nbs/41_em_expfam.ipynb #79ef0193
 def as_data(X, # observations, shape `(n, d)`
             dim: int | None=None, # the dimension a model expects, if any
@@ -111,6 +150,7 @@ def as_data(X, # observations, shape `(n, d)`
            ) -> jax.Array: # the data as a float64 JAX array (the input is not modified)
     "Validate observations: real numbers, two-dimensional, non-empty, finite, of the expected dimension."
     require_float64()
+    if _spread_over_devices(X): return _as_spread_data(X, dim, name, min_rows)
     arr = real_float64(name, X)
     if arr.ndim != 2:
         hint = " (one variable: pass X[:, None])" if arr.ndim == 1 else ""
@@ -137,6 +177,11 @@ def check_fit_data(X: jax.Array, # validated observations
     "Refuse data on which a covariance cannot be estimated: fewer than $d+1$ points or a (numerically) constant direction."
     n, d = X.shape
     if n <= d: raise ValueError(f"X has n={n} rows for d={d} columns: at least d+1 points are needed, else the likelihood is unbounded")
+    if _spread_over_devices(X):
+        if _spread_data_is_regular(X): return X
+        if not X.is_fully_addressable:
+            raise ValueError("X is constant along a column or (numerically) lies in a lower-dimensional subspace; an outlier "
+                             "swamping the scale cannot be told apart from a subspace without the data on one host")
     columns = np.ascontiguousarray(np.asarray(X).T)  # one row per variable: reductions run over contiguous memory
     constant = np.flatnonzero(columns.max(1) == columns.min(1))
     if constant.size: raise ValueError(f"X column {int(constant[0])} is constant: the covariance would be singular")

@@ -20,6 +20,7 @@ from jax import lax
 from ..core import as_key, check_int, check_positive, patch_to, pd
 from .expfam import MixtureEta, as_data, check_family, check_fit_data, quadratic_forms
 from .rules import EtaRule, RobbinsMonroUpdate
+from ..sharding import Mesh, data_mesh, rows_on
 
 # %% auto #0
 __all__ = ['DOMINANCE_WARNING', 'EMResult', 'param_change', 'DataUnits', 'BatchEMFitter', 'IncrementalEMFitter', 'random_starts',
@@ -55,20 +56,24 @@ def param_change(new, old) -> jax.Array:
     "The `|Δparams|` of the trace (normix's measure): the largest relative change of a field, $\\max_f\\|f_{new}-f_{old}\\|/\\|f_{old}\\|$."
     return jnp.max(jnp.stack([_relative_change(n, o) for n, o in zip(new, old)]))
 
-@jax.jit
-def _fit_summary(model, X):
-    "Mean log-likelihood and each point's share of the dispersion statistic $\\sum_i E[1/W\\mid x_i]\\,Q(x_i)$."
+def _log_prob_and_dispersion(model, X):
+    "Per row: the log-density and the term $E[1/W\\mid x]\\,Q(x)$ of the dispersion statistic."
     log_prob, inv_w = type(model).summary_fn(model, X)
-    share = inv_w * quadratic_forms(model.mu, model.gamma, model.sigma, X)[0]
-    return log_prob.mean(), share / share.sum()
+    return log_prob, inv_w * quadratic_forms(model.mu, model.gamma, model.sigma, X)[0]
 
-def _diagnose(share) -> float:
-    "Share held by the top 0.1 % of the points, with a warning above `DOMINANCE_WARNING`."
-    share = np.asarray(share)
-    top = max(1, share.size // 1000)
-    held = float(np.partition(share, share.size - top)[share.size - top:].sum())
+def _top_count(n: int) -> int: return max(1, n // 1000)
+
+@jax.jit
+def _fit_summary(model, rows):
+    "Mean log-likelihood and the share of the dispersion statistic $\\sum_i E[1/W\\mid x_i]\\,Q(x_i)$ held by the top 0.1 % of the points."
+    log_likelihood, top, total = rows.mean_and_top(_log_prob_and_dispersion, _top_count(rows.n), model)
+    return log_likelihood, top / total
+
+def _diagnose(held, n: int) -> float:
+    "The top 0.1 %'s share `held` of `n` points, with a warning above `DOMINANCE_WARNING`."
+    held = float(held)
     if held > DOMINANCE_WARNING:
-        warnings.warn(f"the fit is dominated by a few points: the top {top} of {share.size} "
+        warnings.warn(f"the fit is dominated by a few points: the top {_top_count(n)} of {n} "
                       f"carry {held:.0%} of the dispersion statistic (outliers?)", stacklevel=3)
     return held
 
@@ -120,22 +125,28 @@ class DataUnits(NamedTuple):
                        log_likelihoods=np.asarray(result.log_likelihoods) + self.log_jacobian)
 
 # %% ../../nbs/45_em_fitting.ipynb #04ddba76
+def _mean_log_prob(model, X): return type(model).log_prob_fn(model, X).mean()
+
+def _e_step_and_ll_of(model, X): return type(model).e_step_and_ll_fn(model, X)
+
+def _e_step_of(model, X): return type(model).e_step_fn(model, X)
+
 @jax.jit
-def _mean_log_likelihood(model, X): return type(model).log_prob_fn(model, X).mean()
+def _mean_log_likelihood(model, rows): return rows.mean(_mean_log_prob, model)
 
 def _gauged(family, eta):
     "η in the family's normalisation, for families whose parameters are only identified up to a scale (GH)."
     return eta if family.gauge_fn is None else family.gauge_fn(eta)
 
 @jax.jit
-def _e_step_and_ll(model, X): return type(model).e_step_and_ll_fn(model, X)
+def _e_step_and_ll(model, rows): return rows.mean(_e_step_and_ll_of, model)
 
 @jax.jit
-def _batch_iteration(model, eta, X, units):
+def _batch_iteration(model, eta, rows, units):
     "M-step from `model`'s E-step average `eta`, then the new model's E-step average and log-likelihood in one pass."
     family = type(model)
     new = family.m_step_fn(_gauged(family, eta), model)
-    new_eta, new_ll = family.e_step_and_ll_fn(new, X)
+    new_eta, new_ll = rows.mean(_e_step_and_ll_of, new)
     return new, new_eta, new_ll, param_change(units.model_out(new), units.model_out(model))  # |Δparams| in the data's units
 
 def _check_model(model):
@@ -147,31 +158,39 @@ class BatchEMFitter:
     def __init__(self, tol: float=1e-6, # stop when the mean log-likelihood rises by less than this (nats per observation)
                  max_iter: int=500, # most iterations
                  verbose: int=0, # 1 prints a line per iteration
+                 mesh: Mesh | None=None, # split the rows over this device mesh (data parallel); `None`: one device, or the mesh `X` is split on
                 ):
         self.tol = check_positive("tol", tol)
         self.max_iter = check_int("max_iter", max_iter, minimum=0)
         self.verbose = check_int("verbose", verbose, minimum=0)
+        self.mesh = data_mesh(None, mesh)
 
     def fit(self, model, # the starting model (its family is the fitted family)
-            X, # observations, shape `(n, d)`
+            X, # observations, shape `(n, d)`; a `jax.Array` split by rows over a mesh is fitted on that mesh
            ) -> EMResult:
         "Run batch EM from `model`, computing in the data's standard units (`DataUnits`)."
         _check_model(model)
-        X = as_data(X, model.mu.shape[0])
-        units = DataUnits.of(X)
-        return units.result_out(self._fit(units.model_in(model), check_fit_data(units.standardise(X)), units))
+        rows, units = _prepared(model, X, self.mesh)
+        return units.result_out(self._fit(rows.replicate(units.model_in(model)), rows, units))
+
+def _prepared(model, X, mesh):
+    "The data checked, in standard units and laid out for `mesh` (or the mesh `X` is split on), with the units."
+    X_checked = as_data(X, model.mu.shape[0])
+    units = DataUnits.of(X_checked)
+    rows = rows_on(check_fit_data(units.standardise(X_checked)), data_mesh(X, mesh))
+    return rows, rows.replicate(units)
 
 # %% ../../nbs/45_em_fitting.ipynb #51072f6e
 @patch_to(BatchEMFitter)
-def _fit(self, model, X, units):
+def _fit(self, model, rows, units):
     "The iterations, in standard units (`units` turns what is printed into the data's units)."
     start, shift = time.perf_counter(), units.log_jacobian
-    eta, ll = _e_step_and_ll(model, X)
+    eta, ll = _e_step_and_ll(model, rows)
     ll = float(ll)
     lls, changes, converged = [ll], [], False
     if self.verbose: print(f"EM [batch] {type(model).__name__}: tol={self.tol:g}, max_iter={self.max_iter}, initial LL={ll + shift:.6f}")
     for it in range(self.max_iter):
-        new, new_eta, new_ll, change = _batch_iteration(model, eta, X, units)
+        new, new_eta, new_ll, change = _batch_iteration(model, eta, rows, units)
         if not bool(new.is_admissible()):
             if it == 0: raise FloatingPointError("the first EM iteration produced an inadmissible model: the fit cannot proceed "
                                                  "from this start (try another start, or check the data for outliers)")
@@ -186,7 +205,7 @@ def _fit(self, model, X, units):
     elapsed = time.perf_counter() - start
     history = pd.DataFrame(dict(step=np.arange(1, len(changes) + 1), param_change=changes, log_likelihood=lls[1:]))
     if self.verbose: print(f"  {'Converged' if converged else 'NOT converged'} after {len(changes)} iterations ({elapsed:.2f}s), final LL={ll + shift:.6f}")
-    return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(_fit_summary(model, X)[1]))
+    return EMResult(model, np.asarray(lls), history, len(changes), converged, elapsed, dominance=_diagnose(_fit_summary(model, rows)[1], rows.n))
 
 # %% ../../nbs/45_em_fitting.ipynb #259ae34f
 def _visit_order(key, n: int, epochs: int) -> jax.Array:
@@ -203,27 +222,31 @@ def _term_in_units(units, family, term, weight):
     term = units.eta_in(term, weight)
     return _gauged(family, term) if weight == 1.0 else term
 
+def _em_step(carry, t, batch, rows, rule, units, inner_iter):
+    "One incremental step on `batch` (step number `t`), its E-step reduced as `rows` lays out data: new carry and |Δparams|."
+    model, eta, state, rejected = carry
+    family, batch_size = type(model), batch.shape[0]
+    if inner_iter > 1:
+        def refine(_, m):
+            cand = family.m_step_fn(_gauged(family, rows.batch_mean(_e_step_of, m, batch=batch)), m)
+            return _keep_if(cand.is_admissible(), cand, m)
+        mid = lax.fori_loop(0, inner_iter, refine, model)
+        eta_hat = mid.expectation_params()
+    else:
+        mid, eta_hat = model, rows.batch_mean(_e_step_of, model, batch=batch)
+    eta_new, state_new = rule(eta, eta_hat, t, batch_size, state)
+    eta_new = _gauged(family, eta_new)
+    cand = family.m_step_fn(eta_new, mid)  # the previous model warm-starts families whose M-step iterates
+    ok = cand.is_admissible()
+    new = _keep_if(ok, cand, mid)
+    carry = (new, _keep_if(ok, eta_new, eta), _keep_if(ok, state_new, state), rejected + (~ok).astype(jnp.int32))
+    return carry, param_change(units.model_out(new), units.model_out(model))  # |Δparams| in the data's units
+
 @partial(jax.jit, static_argnames=("length", "batch_size", "inner_iter"))
-def _incremental_steps(carry, rule, X, units, order, first, length, batch_size, inner_iter):
+def _incremental_steps(carry, rule, rows, units, order, first, length, batch_size, inner_iter):
     def step(carry, t):
-        model, eta, state, rejected = carry
-        family = type(model)
-        batch = X[lax.dynamic_slice(order, (t * batch_size,), (batch_size,))]
-        if inner_iter > 1:
-            def refine(_, m):
-                cand = family.m_step_fn(_gauged(family, family.e_step_fn(m, batch)), m)
-                return _keep_if(cand.is_admissible(), cand, m)
-            mid = lax.fori_loop(0, inner_iter, refine, model)
-            eta_hat = mid.expectation_params()
-        else:
-            mid, eta_hat = model, family.e_step_fn(model, batch)
-        eta_new, state_new = rule(eta, eta_hat, t, batch_size, state)
-        eta_new = _gauged(family, eta_new)
-        cand = family.m_step_fn(eta_new, mid)  # the previous model warm-starts families whose M-step iterates
-        ok = cand.is_admissible()
-        new = _keep_if(ok, cand, mid)
-        carry = (new, _keep_if(ok, eta_new, eta), _keep_if(ok, state_new, state), rejected + (~ok).astype(jnp.int32))
-        return carry, param_change(units.model_out(new), units.model_out(model))  # |Δparams| in the data's units
+        batch = rows.take(lax.dynamic_slice(order, (t * batch_size,), (batch_size,)))
+        return _em_step(carry, t, batch, rows, rule, units, inner_iter)
     return lax.scan(step, carry, first + jnp.arange(length))
 
 def _progress(done, total, width=30):
@@ -241,6 +264,7 @@ class IncrementalEMFitter:
                  inner_iter: int=1, # EM iterations on each batch before blending (1: one E-step)
                  e_step_backend: str="jax", # "jax" (default device) or "cpu"
                  m_step_backend: str="jax", # "jax" or "cpu"; either "cpu" pins the whole fit to the CPU
+                 mesh: Mesh | None=None, # split the rows and each batch's E-step over this device mesh; `None`: one device, or the mesh `X` is split on
                 ):
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.max_steps = check_int("max_steps", max_steps, minimum=0)
@@ -252,27 +276,27 @@ class IncrementalEMFitter:
         for name, value in (("e_step_backend", e_step_backend), ("m_step_backend", m_step_backend)):
             if value not in ("jax", "cpu"): raise ValueError(f"{name} must be 'jax' or 'cpu', got {value!r}")
         self.e_step_backend, self.m_step_backend = e_step_backend, m_step_backend
+        self.mesh = data_mesh(None, mesh)
+        if self.mesh is not None and "cpu" in (e_step_backend, m_step_backend):
+            raise ValueError("mesh and a 'cpu' backend exclude each other: the mesh decides the devices")
 
     def fit(self, model, # the starting model
-            X, # observations, shape `(n, d)`
+            X, # observations, shape `(n, d)`; a `jax.Array` split by rows over a mesh is fitted on that mesh
             key=None, # JAX key or int seed for the batches; `None` draws fresh entropy (not reproducible)
            ) -> EMResult:
         "Run incremental EM from `model`, computing in the data's standard units (`DataUnits`)."
         _check_model(model)
-        X = as_data(X, model.mu.shape[0])
-        units = DataUnits.of(X)
-        model, X = units.model_in(model), check_fit_data(units.standardise(X))
-        rule = self.eta_update.in_units(partial(_term_in_units, units, type(model)))
         pin_cpu = "cpu" in (self.e_step_backend, self.m_step_backend)
-        if pin_cpu:
-            with jax.default_device(jax.devices("cpu")[0]): return units.result_out(self._fit(model, X, key, units, rule))
-        return units.result_out(self._fit(model, X, key, units, rule))
+        with jax.default_device(jax.devices("cpu")[0] if pin_cpu else None):
+            rows, units = _prepared(model, X, self.mesh)
+            rule = rows.replicate(self.eta_update.in_units(partial(_term_in_units, units, type(model))))
+            return units.result_out(self._fit(rows.replicate(units.model_in(model)), rows, key, units, rule))
 
 # %% ../../nbs/45_em_fitting.ipynb #50e88b7d
 @patch_to(IncrementalEMFitter)
-def _fit(self, model, X, key, units, rule):
+def _fit(self, model, rows, key, units, rule):
     start, shift = time.perf_counter(), units.log_jacobian
-    n = X.shape[0]
+    n = rows.n
     size, steps = min(self.batch_size, n), self.max_steps
     order = _visit_order(as_key(key), n, max(1, -(-steps * size // n)))
     carry = (model, _gauged(type(model), model.expectation_params()), rule.init_state(), jnp.int32(0))
@@ -281,30 +305,35 @@ def _fit(self, model, X, key, units, rule):
               f"max_steps={steps}, inner_iter={self.inner_iter}")
     bounds = np.unique(np.linspace(0, steps, 11 if self.verbose else 2).round().astype(int))
     bar = self.verbose and steps >= 2000
-    changes, rows, lls = [], [], []
+    changes, traced, lls = [], [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         pieces = np.unique(np.linspace(lo, hi, 11 if bar else 2).round().astype(int))
         for a, b in zip(pieces[:-1], pieces[1:]):
-            carry, change = _incremental_steps(carry, rule, X, units, order, int(a), int(b - a), size, self.inner_iter)
+            carry, change = _incremental_steps(carry, rule, rows, units, order, int(a), int(b - a), size, self.inner_iter)
             changes.append(change)
             if bar: _progress(int(b), steps)
         if self.verbose:
-            ll = float(_mean_log_likelihood(carry[0], X))
-            lls.append(ll); rows.append((int(hi), ll))
+            ll = float(_mean_log_likelihood(carry[0], rows))
+            lls.append(ll); traced.append((int(hi), ll))
             if bar: sys.stdout.write("\r")
             print(f"  step {int(hi):4d}/{steps}  LL={ll + shift:.6f}  |Δparams|={float(changes[-1][-1]):.4e}")
     fitted, rejected = carry[0], int(carry[3])
-    final_ll, share = _fit_summary(fitted, X)
+    final_ll, held = _fit_summary(fitted, rows)
     if not self.verbose: lls.append(float(final_ll))
     elapsed = time.perf_counter() - start
     if self.verbose: print(f"  Done ({elapsed:.2f}s), final LL={lls[-1] + shift:.6f}")
+    return _incremental_result(fitted, rejected, changes, traced, lls, elapsed, held, n)
+
+def _incremental_result(fitted, rejected: int, changes: list, traced: list, lls: list, elapsed: float, held, n: int) -> EMResult:
+    "An incremental fit's `EMResult` from its pieces; raises if every M-step was rejected, warns if some were."
+    steps = sum(len(c) for c in changes)
     if rejected == steps > 0:
         raise FloatingPointError(f"every one of the {steps} M-steps was rejected (inadmissible η): the fit cannot proceed from this "
                                  "start with this rule (try another start or rule, or check the data for outliers)")
-    if rejected: warnings.warn(f"{rejected} of {steps} M-steps were rejected (inadmissible η); the previous model was kept each time", stacklevel=3)
+    if rejected: warnings.warn(f"{rejected} of {steps} M-steps were rejected (inadmissible η); the previous model was kept each time", stacklevel=4)
     history = pd.DataFrame(dict(step=np.arange(1, steps + 1), param_change=np.concatenate([np.asarray(c) for c in changes]) if changes else []))
-    if rows: history = history.merge(pd.DataFrame(rows, columns=["step", "log_likelihood"]), on="step", how="left")
-    return EMResult(fitted, np.asarray(lls), history, steps, None, elapsed, rejected, _diagnose(share))
+    if traced: history = history.merge(pd.DataFrame(traced, columns=["step", "log_likelihood"]), on="step", how="left")
+    return EMResult(fitted, np.asarray(lls), history, steps, None, elapsed, rejected, _diagnose(held, n))
 
 # %% ../../nbs/45_em_fitting.ipynb #f024eecd
 def random_starts(model, X, n: int, key) -> list:
