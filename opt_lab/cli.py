@@ -258,6 +258,12 @@ def test_notebooks(notebooks: list[Path], # the notebooks to test
     return len(failed)
 
 # %% ../nbs/90_cli.ipynb #5104cecb
+def _pytest_workers() -> list[str]:
+    "Two pytest workers when pytest-xdist is installed and there are two cores: a test module stays on one worker (its fixtures build once)."
+    import importlib.util
+    if importlib.util.find_spec("xdist") is None or (os.cpu_count() or 1) < 2: return []
+    return ["-n", "2", "--dist", "loadfile"]
+
 def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
               ) -> int: # 0 when everything passed
     "Clean/export leave the tree unchanged, every notebook's tests pass (and there are some), `pytest tests/` passes."
@@ -278,7 +284,7 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
         return 1
     print(f"\n== notebooks: {len(notebooks)} to test", flush=True)
     if test_notebooks(notebooks): return 1
-    code = _step("pytest", [sys.executable, "-m", "pytest", "tests", *pytest_args], root)
+    code = _step("pytest", [sys.executable, "-m", "pytest", "tests", *_pytest_workers(), *pytest_args], root)
     print(f"\nAll checks {'passed' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     return code
 

@@ -39,22 +39,31 @@ def rows_spec(mesh: Mesh) -> P:
     return P(tuple(mesh.axis_names))
 
 # %% ../nbs/04_sharding.ipynb #56182504
-@jax.tree_util.register_pytree_node_class
 class Rows:
     "Rows on one device: the reductions are the plain ones."
     def __init__(self, X: jax.Array): self.X = X # the rows, shape `(n, ...)`
-    def tree_flatten(self): return (self.X,), None
-    @classmethod
-    def tree_unflatten(cls, _, leaves): return cls(*leaves)
     @property
-    def n(self) -> int: return self.X.shape[0]
-    def mean(self, fn, *args): return fn(*args, self.X)
-    def take(self, idx): return self.X[idx]
-    def replicate(self, tree): return tree
-    def batch_mean(self, fn, *args, batch): return fn(*args, batch)
+    def n(self) -> int:
+        "The number of rows."
+        return self.X.shape[0]
+    def mean(self, fn, *args):
+        "The mean over all rows of `fn(*args, rows)`, a pytree of row means: here `fn(*args, X)` itself."
+        return fn(*args, self.X)
+    def take(self, idx):
+        "The rows at global indices `idx`."
+        return self.X[idx]
+    def replicate(self, tree):
+        "`tree` placed where the compiled steps run: on one device, as it is."
+        return tree
+    def batch_mean(self, fn, *args, batch):
+        "The mean of `fn(*args, rows)` over the rows of `batch`."
+        return fn(*args, batch)
     def mean_and_top(self, fn, k: int, *args):
+        "For `fn(*args, rows) -> (value, score)` per row: the mean value, the sum of the `k` largest scores, the scores' total."
         value, score = fn(*args, self.X)
         return value.mean(), lax.top_k(score, k)[0].sum(), score.sum()
+
+jax.tree_util.register_pytree_node(Rows, lambda rows: ((rows.X,), None), lambda _, leaves: Rows(*leaves))
 
 # %% ../nbs/04_sharding.ipynb #05418d32
 def _combine(main, n_main: int, rest, n_rest: int):
@@ -113,16 +122,14 @@ def _on_mesh(kernel, mesh: Mesh, fn, n_args: int, *static):
     return _SHARD_MAPS[key]
 
 # %% ../nbs/04_sharding.ipynb #b1010321
-@jax.tree_util.register_pytree_node_class
 class ShardedRows:
     "Rows split over a mesh: `main` in equal blocks, one per device, and `rest` (fewer rows than devices) on every device."
     def __init__(self, main: jax.Array, rest: jax.Array, mesh: Mesh):
         self.main, self.rest, self.mesh = main, rest, mesh
-    def tree_flatten(self): return (self.main, self.rest), self.mesh
-    @classmethod
-    def tree_unflatten(cls, mesh, leaves): return cls(*leaves, mesh)
     @property
-    def n(self) -> int: return self.main.shape[0] + self.rest.shape[0]
+    def n(self) -> int:
+        "The number of rows, both parts."
+        return self.main.shape[0] + self.rest.shape[0]
     def replicate(self, tree):
         "`tree` with a copy on every device of the mesh (what the compiled steps carry: one program, not one per placement)."
         return jax.device_put(tree, NamedSharding(self.mesh, P()))
@@ -135,6 +142,10 @@ class ShardedRows:
         split = jax.shard_map(partial(_batch_block_mean, axes, fn), mesh=self.mesh, in_specs=(P(), P()), out_specs=P())
         return split(args, batch)
     def mean_and_top(self, fn, k: int, *args): return _on_mesh(_block_top, self.mesh, fn, len(args), k)(args, self.main, self.rest)
+
+# the mesh is static (part of the tree's structure): a program is compiled per mesh, not per placement
+jax.tree_util.register_pytree_node(ShardedRows, lambda rows: ((rows.main, rows.rest), rows.mesh),
+                                   lambda mesh, leaves: ShardedRows(*leaves, mesh))
 
 # %% ../nbs/04_sharding.ipynb #5545fad0
 def rows_on(X: jax.Array, # rows, shape `(n, ...)`

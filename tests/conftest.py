@@ -18,7 +18,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_finish(session):
-    "Start the selected own-process suites now, so that they run beside the rest of the tests (tests/own_process.py)."
+    """Start the selected own-process suites now, so that they run beside the rest of the tests (tests/own_process.py).
+    Under pytest-xdist every worker collects every test, so the suites start when their test runs, on its worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"): return
     from own_process import start
     for item in session.items:
         for mark in item.iter_markers("own_process"): start(*mark.args)

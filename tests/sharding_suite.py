@@ -122,7 +122,9 @@ def build_transforms():
             "rmsprop": optim.rmsprop(0.01, momentum=0.5), "adam": optim.adam(0.01), "adam, skip": optim.adam(0.01, nonfinite="skip"),
             "polyak": optim.polyak_sgd(momentum=0.5), "scale_by_rms": optim.scale_by_rms(),
             "schedule": optim.chain(optim.scale_by_adam(), optim.scale_by_schedule(optim.exponential_decay(0.1, 0.5))),
-            "trace": optim.trace(0.9)}
+            "trace": optim.trace(0.9), "scale": optim.scale(0.5), "scale_by_adam": optim.scale_by_adam(),
+            "scale_by_polyak": optim.scale_by_polyak(), "sgd, power-law schedule": optim.sgd(optim.power_law(0.1, 0.6)),
+            "rmsprop, nesterov, skip": optim.rmsprop(0.01, momentum=0.9, nesterov=True, nonfinite="skip")}
 
 
 @pytest.mark.parametrize("mode", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
@@ -149,3 +151,34 @@ def test_every_transform_keeps_its_parameters_sharding(name, mode):
         params = apply_updates(params, updates)
         like_params(state)
     for key, p in params.items(): assert p.sharding.is_equivalent_to(placed[key].sharding, p.ndim), (name, key)
+
+
+H0, H1 = jnp.eye(2), jnp.array([[200.0, 0.5], [0.5, 1.0]])
+
+
+def quad_grad(x, thetas):
+    "The paper's random quadratic: ∇f(x, θ) = ((1-θ)H0 + θH1) x - 1, one row per θ."
+    t = thetas[:, None]
+    return (1 - t) * (H0 @ x) + t * (H1 @ x) - 1.0
+
+
+def uniform(key, n): return jax.random.uniform(key, (n,), dtype=jnp.float64)
+
+
+def test_sharded_mice_makes_the_same_decisions_on_the_same_samples():
+    from opt_lab.mice import CompiledMICE
+    runs = []
+    for mesh in (None, MESH):
+        est = CompiledMICE(quad_grad, uniform, rows=64, seed=4, mesh=mesh, max_cost=8000)
+        x, estimates = np.array([20.0, 50.0]), []
+        while not est.terminate:
+            g = np.asarray(est(x))
+            estimates.append(g)
+            x = x - g / 200.5
+        runs.append((np.array(estimates), est.get_log(), est.counter))
+    (one, log_one, spent_one), (many, log_many, spent_many) = runs
+    assert spent_one == spent_many and one.shape == many.shape
+    np.testing.assert_allclose(many, one, rtol=1e-10, atol=1e-12)
+    for column in ("event", "num_grads", "hier_length"):
+        np.testing.assert_array_equal(log_many[column].to_numpy(), log_one[column].to_numpy())
+    with pytest.raises(ValueError, match="rows must be a multiple"): CompiledMICE(quad_grad, uniform, rows=20, mesh=MESH)

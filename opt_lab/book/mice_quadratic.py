@@ -14,8 +14,9 @@ from ..mice.plot import plot_mice
 from ..mice.policy import DropRestartClipPolicy
 
 # %% auto #0
-__all__ = ['random_quadratic', 'run_mice', 'evaluations_to', 'rms_error', 'run_sgd', 'stochastic_rosenbrock', 'stopping_study',
-           'mice_quadratic_run', 'plot_mice_quadratic_run', 'mice_quadratic_explorer']
+__all__ = ['random_quadratic', 'run_mice', 'evaluations_to', 'rms_error', 'run_sgd', 'seed_bands', 'plot_seed_bands',
+           'stochastic_rosenbrock', 'stopping_study', 'mice_quadratic_run', 'plot_mice_quadratic_run',
+           'mice_quadratic_explorer']
 
 # %% ../../nbs/29_mice_quadratic.ipynb #1ed4b6fa
 def random_quadratic(kappa: float=100.0, # condition parameter of $H_1$
@@ -76,6 +77,32 @@ def run_sgd(problem: dict, batch: int, budget: int, seed: int=0) -> pd.DataFrame
         x = x - problem["grad"](x, problem["sampler"](batch, rng)).mean(0) / problem["L"]
         rows.append(dict(num_grads=(k + 1) * batch, gap=(problem["F"](x) - f_star) / gap0))
     return pd.DataFrame(rows)
+
+# %% ../../nbs/29_mice_quadratic.ipynb #278babfa
+def seed_bands(evaluations: np.ndarray, # `(runs, steps)` gradient evaluations after each step, non-decreasing along a run
+               values: np.ndarray, # `(runs, steps)` the traced quantity after each step (a gap, an error)
+               grid: np.ndarray, # evaluation counts to read the runs at
+               quantiles: tuple=(0.1, 0.5, 0.9), # which quantiles across runs
+              ) -> np.ndarray: # `(len(quantiles), len(grid))`, nan where fewer than half the runs have reached the count
+    "Quantiles across runs of `values`, each run read at its last step within each evaluation count of `grid`."
+    evaluations, values, grid = np.asarray(evaluations), np.asarray(values, float), np.asarray(grid)
+    at = np.stack([np.searchsorted(e, grid, side="right") - 1 for e in evaluations])
+    read = np.where(at >= 0, np.take_along_axis(values, np.maximum(at, 0), axis=1), np.nan)
+    bands = np.full((len(quantiles), len(grid)), np.nan)
+    enough = np.isfinite(read).mean(axis=0) >= 0.5
+    if enough.any(): bands[:, enough] = np.nanquantile(read[:, enough], quantiles, axis=0)
+    return bands
+
+def plot_seed_bands(ax, # a Matplotlib axes
+                    grid: np.ndarray, # the evaluation counts of `bands`
+                    bands: np.ndarray, # `seed_bands`' output for quantiles (low, median, high)
+                    label: str, # the legend's name for the median
+                    color: str="C0"):
+    "The median across runs as a line and the outer quantiles as a shaded band."
+    ax.fill_between(grid, bands[0], bands[-1], color=color, alpha=0.25, linewidth=0)
+    ax.plot(grid, bands[len(bands) // 2], color=color, label=label)
+    ax.set(xlabel="gradient evaluations", yscale="log")
+    return ax
 
 # %% ../../nbs/29_mice_quadratic.ipynb #4153eb1a
 def stochastic_rosenbrock() -> dict:

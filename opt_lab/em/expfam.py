@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import as_key, check_in_range, check_int, check_real, patch_to, real_float64
-from ..sharding import NamedSharding, auto_mesh
+from jax.sharding import NamedSharding
+from ..sharding import auto_mesh
 
 # %% auto #0
 __all__ = ['POSITIVE_RANGE', 'ORDER_LIMIT', 'FAMILY_HOOKS', 'require_float64', 'MixtureEta', 'average_statistics',

@@ -20,7 +20,8 @@ from jax import lax
 from ..core import as_key, check_int, check_positive, patch_to, pd
 from .expfam import MixtureEta, as_data, check_family, check_fit_data, quadratic_forms
 from .rules import EtaRule, RobbinsMonroUpdate
-from ..sharding import Mesh, data_mesh, rows_on
+from jax.sharding import Mesh
+from ..sharding import data_mesh, rows_on
 
 # %% auto #0
 __all__ = ['DOMINANCE_WARNING', 'EMResult', 'param_change', 'DataUnits', 'BatchEMFitter', 'IncrementalEMFitter', 'random_starts',

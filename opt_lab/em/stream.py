@@ -43,7 +43,9 @@ class DiskRows:
         self.shape = shape
 
     @property
-    def n(self) -> int: return self.shape[0]
+    def n(self) -> int:
+        "The number of rows in the file."
+        return self.shape[0]
 
     def chunks(self):
         "The rows in order, `chunk_rows` at a time (float64 arrays; plain reads, so nothing stays mapped)."

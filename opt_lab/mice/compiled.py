@@ -19,6 +19,8 @@ from jax.flatten_util import ravel_pytree
 from ..core import as_key, check_int, patch_to, pd
 from .estimator import MICE
 from .logging import EVENTS, LOG_COLUMNS
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ..sharding import data_mesh, rows_spec
 
 # %% auto #0
 __all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'RESAMPLE_CHUNK', 'SHORT_RANKED', 'feistel_permute', 'MiceConfig', 'MiceState',
@@ -81,6 +83,7 @@ class MiceConfig(NamedTuple):
     re_tot_cost: float = 0.2
     re_min_n: int = 5
     re_max_samp: int = 1000
+    mesh: Mesh | None = None # devices each chunk's samples are split over (their gradients computed there, the sums reduced)
 
     @property
     def m_restart_min(self) -> int:
@@ -241,6 +244,9 @@ def _sample_lanes(cfg, grad, draw, st, lanes, m, rows: int):
         key, sub = jax.random.split(st.key)
         thetas = jax.vmap(partial(draw, rows=B))(st.perm[at], st.n[at][:, None] + jnp.arange(B),
                                                   jax.random.split(sub, len(lanes)))
+        if cfg.mesh is not None:  # the same samples, each device evaluating its share of the chunk's gradients
+            split = NamedSharding(cfg.mesh, P(None, *rows_spec(cfg.mesh)))
+            thetas = jax.tree.map(lambda t: lax.with_sharding_constraint(t, split), thetas)
         g = jax.vmap(grad)(st.x[at], thetas)
         g_prev = jnp.where((cost == 2)[:, None, None], jax.vmap(grad)(st.x[jnp.maximum(at - 1, 0)], thetas), 0.0)
         bad = jnp.any(mask[:, :, None] & ~(jnp.isfinite(g) & jnp.isfinite(g_prev)))
@@ -519,8 +525,12 @@ def _draw_fn(cfg, sampler, data):
 def _evaluate_compiled(cfg, grad, sampler, st, x, data):
     return mice_evaluate(cfg, grad, _draw_fn(cfg, sampler, data), st, x)
 
-def _config(dim, population, rows, capacity, grad, sampler, options) -> MiceConfig:
+def _config(dim, population, rows, capacity, grad, sampler, options, mesh=None) -> MiceConfig:
     "The static configuration, with every option checked by `MICE`'s constructor."
+    mesh = data_mesh(None, mesh)
+    if mesh is not None and check_int("rows", rows, minimum=1) % (4 * mesh.size):
+        raise ValueError(f"rows must be a multiple of 4 x the mesh's {mesh.size} devices (levels grown side by side take "
+                         f"rows // 4 samples per chunk, split evenly over the devices), got {rows}")
     for name in ("recorder", "seed", "max_grad_batch_elems"):
         if name in options: raise ValueError(f"{name} is not an option of the compiled path")
     ref = MICE(grad, sampler if population is None else np.zeros((population, 1)), **options)
@@ -532,7 +542,7 @@ def _config(dim, population, rows, capacity, grad, sampler, options) -> MiceConf
                       max_hierarchy_size=p.max_hierarchy_size, aggr_cost=float(p.aggr_cost), clip_type=p.clip_type,
                       clip_every=p.clip_every, use_resampling=ref.use_resampling, re_part=ref.re_part,
                       re_quantile=ref.re_quantile, re_tot_cost=ref.re_tot_cost, re_min_n=ref.re_min_n,
-                      re_max_samp=ref.re_max_samp)
+                      re_max_samp=ref.re_max_samp, mesh=mesh)
 
 def _data_rows(sampler):
     "`(data, population)` for a finite sum given as an array of rows; `(None, None)` for a sampler function."
@@ -566,14 +576,15 @@ class CompiledMICE:
                  rows: int=64, # samples drawn per chunk (a static shape: unused rows cost compute, not budget)
                  capacity: int=16, # levels the arrays hold at first; doubled when the hierarchy outgrows them
                  seed=0, # an `int` or a JAX key
+                 mesh: Mesh | None=None, # split each chunk's gradient evaluations over this device mesh (`rows` a multiple of 4 x its size)
                  **options, # `MICE`'s options (`eps`, `min_batch`, `policy`, `max_cost`, `re_*`, …)
                 ):
         if not callable(grad): raise ValueError(f"grad must be callable as grad(x, thetas), got {type(grad).__name__}")
         self.grad, self._data = grad, None
         data, self.data_size = _data_rows(sampler)
         self.sampler = None if data is not None else sampler
-        self._host_data, self._options, self._rows, self._capacity = data, options, rows, capacity
-        _config(1, self.data_size, rows, capacity, grad, sampler if data is None else None, options)  # fail early
+        self._host_data, self._options, self._rows, self._capacity, self._mesh = data, options, rows, capacity, mesh
+        _config(1, self.data_size, rows, capacity, grad, sampler if data is None else None, options, mesh)  # fail early
         self._key = as_key(seed)
         self.cfg = self.state = self._unflatten = None
         self.capacity_log: list[tuple[int, int]] = [] # `(call, capacity)` whenever the level arrays were doubled
@@ -607,7 +618,7 @@ def _start(self, x):
     "Fix the iterate's structure and build the configuration and the empty state."
     flat, self._unflatten = ravel_pytree(x)
     if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
-    self.cfg = _config(flat.size, self.data_size, self._rows, self._capacity, self.grad, self.sampler, self._options)
+    self.cfg = _config(flat.size, self.data_size, self._rows, self._capacity, self.grad, self.sampler, self._options, self._mesh)
     if self._host_data is not None: self._data = jnp.asarray(self._host_data, jnp.float64)
     self.state = mice_init(self.cfg, self._key, self._options.get("max_cost", math.inf))
 
