@@ -56,3 +56,22 @@ def test_stream_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="constant"): IncrementalEMFitter().fit_stream(start, tmp_path / "x.npy")
     with pytest.raises(ValueError, match="group"): IncrementalEMFitter().fit_stream(start, tmp_path / "x.npy", group=0)
     with pytest.raises(ValueError, match="source must be"): IncrementalEMFitter().fit_stream(start, tmp_path / "none.npy")
+
+
+def test_chunked_rows_fit_without_random_access_and_reach_the_same_optimum(tmp_path):
+    from opt_lab.em import ChunkRows
+    law = NormalInverseGaussian.from_classical(mu=[0.0, 1.0], gamma=[0.4, -0.2], sigma=[[1.0, 0.2], [0.2, 1.5]], mu_ig=1.0, lam=2.0)
+    X = np.asarray(law.rvs(20_000, seed=5))
+    start = NormalInverseGaussian.default_init(X)
+    fitter = IncrementalEMFitter(batch_size=500, max_steps=200)
+    passes = []
+    def make_chunks():
+        passes.append(1)
+        return (X[i:i + 1500] for i in range(0, len(X), 1500))
+    chunked = fitter.fit_stream(start, ChunkRows(make_chunks, buffer_rows=4000), key=1)
+    in_memory = fitter.fit(start, X, key=1)
+    assert abs(chunked.final_log_likelihood - in_memory.final_log_likelihood) < 2e-3
+    # a count, two passes for the units, 200 x 500 rows = 5 passes of batches (one more started), one final pass
+    assert 8 <= len(passes) <= 10
+    with pytest.raises(ValueError, match="columns"):
+        fitter.fit_stream(start, ChunkRows(lambda: iter([X[:10], X[:10, :1]])))

@@ -11,8 +11,8 @@ __all__ = ['gig_log_normalizer', 'gig_moments', 'kv_ratio', 'log_k0_k1', 'log_kv
            'SampleWeightedUpdate', 'Shrinkage', 'eta0_diagonal', 'eta0_from_model', 'eta0_isotropic', 'eta0_with_sigma',
            'log_kv', 'log_kv_and_ratio', 'GIG', 'GIGSolution', 'gamma_shape', 'gig_admissible', 'gig_expectations',
            'gig_from_expectations', 'gig_log_partition', 'gig_log_prob', 'gig_log_rvs', 'gig_rvs', 'gig_variance',
-           'GeneralizedHyperbolic', 'NormalInverseGamma', 'NormalMixture', 'GIGMixture', 'VarianceGamma', 'DiskRows',
-           'stream_order', 'stream_units']
+           'GeneralizedHyperbolic', 'NormalInverseGamma', 'NormalMixture', 'GIGMixture', 'VarianceGamma', 'ChunkRows',
+           'DiskRows', 'stream_order', 'stream_units']
 
 # %% ../../nbs/40_em.ipynb #fdc24f3f
 from .bessel import gig_log_normalizer, gig_moments, kv_ratio, log_k0_k1, log_kv_half_integer, log_kv_ladder
@@ -23,7 +23,7 @@ from .gig import (GIG, GIGSolution, gamma_shape, gig_admissible, gig_expectation
 from .family import GeneralizedHyperbolic, GIGMixture, NormalInverseGamma, VarianceGamma
 from .fitting import BatchEMFitter, EMResult, IncrementalEMFitter, multi_start, param_change, random_starts
 from .nig import NormalInverseGaussian
-from .stream import DiskRows, stream_order, stream_units  # also gives IncrementalEMFitter its fit_stream
+from .stream import ChunkRows, DiskRows, stream_order, stream_units  # also gives IncrementalEMFitter its fit_stream
 from .rules import (AffineUpdate, EtaRule, EWMAUpdate, IdentityUpdate, RobbinsMonroUpdate, SampleWeightedUpdate,
                               Shrinkage, eta0_diagonal, eta0_from_model, eta0_isotropic, eta0_with_sigma)
 
@@ -34,4 +34,4 @@ _all_ = ["gig_log_normalizer", "gig_moments", "kv_ratio", "log_k0_k1", "log_kv_h
          "RobbinsMonroUpdate", "SampleWeightedUpdate", "Shrinkage", "eta0_diagonal", "eta0_from_model", "eta0_isotropic",
          "eta0_with_sigma", "log_kv", "log_kv_and_ratio", "GIG", "GIGSolution", "gamma_shape", "gig_admissible",
          "gig_expectations", "gig_from_expectations", "gig_log_partition", "gig_log_prob", "gig_log_rvs", "gig_rvs", "gig_variance", "GeneralizedHyperbolic",
-         "NormalInverseGamma", "NormalMixture", "GIGMixture", "VarianceGamma", "DiskRows", "stream_order", "stream_units"]
+         "NormalInverseGamma", "NormalMixture", "GIGMixture", "VarianceGamma", "ChunkRows", "DiskRows", "stream_order", "stream_units"]

@@ -5,6 +5,7 @@
 # %% ../../nbs/52_em_stream.ipynb #9536cf3c
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -15,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..core import as_key, check_int, patch_to
+from ..core import as_key, check_int, patch_to, real_float64
 from .fitting import (DataUnits, IncrementalEMFitter, _check_model, _em_step, _gauged, _incremental_result,
                                 _log_prob_and_dispersion, _term_in_units, _top_count)
 from ..mice.compiled import FEISTEL_ROUNDS, feistel_permute
 from ..sharding import Rows
 
 # %% auto #0
-__all__ = ['DiskRows', 'stream_units', 'stream_order']
+__all__ = ['DiskRows', 'stream_units', 'stream_order', 'ChunkRows']
 
 # %% ../../nbs/52_em_stream.ipynb #e1086134
 class DiskRows:
@@ -71,6 +72,12 @@ class DiskRows:
             del mapped
         return out
 
+    def batches(self, key, # JAX key of the fit
+                size: int, # rows per batch
+               ):
+        "Batches of `size` rows in the order of `stream_order` (every row once per epoch), without end."
+        for t in itertools.count(): yield self.take(stream_order(key, self.n, t * size, size))
+
 # %% ../../nbs/52_em_stream.ipynb #3002106e
 def stream_units(source: DiskRows, # the rows on disk
                  dim: int, # the dimension the model expects
@@ -114,6 +121,47 @@ def stream_order(key, # JAX key of the fit
         rows[here] = np.asarray(_permuted(_epoch_keys(key, int(e)), at, n))[here]
     return rows
 
+# %% ../../nbs/52_em_stream.ipynb #0015435f
+class ChunkRows:
+    "Rows that arrive chunk by chunk: `make_chunks()` returns a fresh iterator of 2-D arrays per pass (files, a cursor, a generator)."
+    def __init__(self, make_chunks, # called once per pass; each call returns an iterator of `(rows, d)` arrays
+                 buffer_rows: int=1 << 16, # rows shuffled together when batches are cut
+                ):
+        if not callable(make_chunks): raise ValueError(f"make_chunks must be callable, returning an iterator of chunks, got {type(make_chunks).__name__}")
+        self.make_chunks, self.buffer_rows, self.shape = make_chunks, check_int("buffer_rows", buffer_rows, minimum=1), (0, None)
+        n = sum(len(chunk) for chunk in self.chunks())
+        if n == 0: raise ValueError("make_chunks() gave no rows")
+        self.shape = (n, self.shape[1])
+
+    @property
+    def n(self) -> int:
+        "The number of rows in a pass."
+        return self.shape[0]
+
+    def chunks(self):
+        "One pass over the chunks, as float64 arrays with the same number of columns."
+        for chunk in self.make_chunks():
+            chunk = real_float64("a chunk", chunk)
+            if chunk.ndim != 2 or self.shape[1] not in (None, chunk.shape[1]):
+                raise ValueError(f"every chunk must be 2-D with {self.shape[1] or 'the same number of'} columns, got shape {chunk.shape}")
+            self.shape = (self.shape[0], chunk.shape[1])
+            yield chunk
+
+    def batches(self, key, # JAX key of the fit
+                size: int, # rows per batch
+               ):
+        "Batches of `size` rows from a shuffle buffer of `buffer_rows` rows, pass after pass, without end."
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(as_key(key))).ravel().tolist())
+        held = np.zeros((0, self.shape[1]))
+        while True:
+            for chunk in self.chunks():
+                held = np.concatenate([held, chunk])
+                if len(held) < max(self.buffer_rows, size): continue
+                held = held[rng.permutation(len(held))]
+                cut = len(held) // size * size
+                yield from held[:cut].reshape(-1, size, self.shape[1])
+                held = held[cut:]
+
 # %% ../../nbs/52_em_stream.ipynb #0fc34a8f
 @partial(jax.jit, static_argnames=("inner_iter",))
 def _fed_steps(carry, rule, units, batches, first, inner_iter):
@@ -128,24 +176,22 @@ def _chunk_summary(model, chunk):
     log_prob, score = _log_prob_and_dispersion(model, chunk)
     return log_prob.sum(), score
 
-def _prefetched(loads):
-    "The results of the thunks `loads`, each computed in a background thread while the caller works on the previous one."
+def _prefetched(items):
+    "The items of the iterator `items`, each produced in a background thread while the caller works on the previous one."
+    items, done = iter(items), object()
     with ThreadPoolExecutor(1) as pool:
-        pending = None
-        for load in loads:
-            ahead = pool.submit(load)
-            if pending is not None: yield pending.result()
-            pending = ahead
-        if pending is not None: yield pending.result()
+        ahead = pool.submit(next, items, done)
+        while (item := ahead.result()) is not done:
+            ahead = pool.submit(next, items, done)
+            yield item
 
 # %% ../../nbs/52_em_stream.ipynb #6e26ba4b
-def _stream_summary(model, source: DiskRows, units: DataUnits) -> tuple[float, float]:
+def _stream_summary(model, source, units: DataUnits) -> tuple[float, float]:
     "Mean log-likelihood (standard units) and the top 0.1 %'s share of the dispersion statistic, in one streamed pass."
     k = _top_count(source.n)
     loc, scale = np.asarray(units.loc), np.asarray(units.scale)
     total_log_prob, total_score, top = 0.0, 0.0, np.zeros(0)
-    chunks = ((lambda c=c: (c - loc) / scale) for c in source.chunks())
-    for chunk in _prefetched(chunks):
+    for chunk in _prefetched((c - loc) / scale for c in source.chunks()):
         log_prob, score = _chunk_summary(model, jnp.asarray(chunk))
         score = np.asarray(score)
         total_log_prob += float(log_prob); total_score += score.sum()
@@ -156,7 +202,7 @@ def _stream_summary(model, source: DiskRows, units: DataUnits) -> tuple[float, f
 # %% ../../nbs/52_em_stream.ipynb #e129c518
 @patch_to(IncrementalEMFitter)
 def fit_stream(self, model, # the starting model
-               source, # the data on disk: a `DiskRows`, a `.npy` path or a `np.memmap` of one
+               source, # the data: a `DiskRows` or `ChunkRows`, a `.npy` path or a `np.memmap` of one
                key=None, # JAX key or int seed for the visit order
                group: int=64, # steps per compiled scan (and per read from disk)
               ):
@@ -164,20 +210,21 @@ def fit_stream(self, model, # the starting model
     _check_model(model)
     if self.mesh is not None: raise ValueError("fit_stream runs on one device: the mesh option is for fit")
     group = check_int("group", group, minimum=1)
-    source = source if isinstance(source, DiskRows) else DiskRows(source)
+    source = source if isinstance(source, (DiskRows, ChunkRows)) else DiskRows(source)
     start, key = time.perf_counter(), as_key(key)
     units = stream_units(source, model.dim)
     model = units.model_in(model)
     rule = self.eta_update.in_units(partial(_term_in_units, units, type(model)))
     size, steps = min(self.batch_size, source.n), self.max_steps
     loc, scale = np.asarray(units.loc), np.asarray(units.scale)
-    def load(first, count):
-        return ((source.take(stream_order(key, source.n, first * size, count * size)) - loc) / scale).reshape(count, size, -1)
-    firsts = range(0, steps, group)
+    batches = source.batches(key, size)
+    def groups():
+        for first in range(0, steps, group):
+            yield first, (np.stack([next(batches) for _ in range(min(group, steps - first))]) - loc) / scale
     carry = (model, _gauged(type(model), model.expectation_params()), rule.init_state(), jnp.int32(0))
     changes = []
-    for first, batches in zip(firsts, _prefetched(partial(load, f, min(group, steps - f)) for f in firsts)):
-        carry, change = _fed_steps(carry, rule, units, jnp.asarray(batches), first, self.inner_iter)
+    for first, stacked in _prefetched(groups()):
+        carry, change = _fed_steps(carry, rule, units, jnp.asarray(stacked), first, self.inner_iter)
         changes.append(change)
     final_ll, held = _stream_summary(carry[0], source, units)
     result = _incremental_result(carry[0], int(carry[3]), changes, [], [final_ll], time.perf_counter() - start, held, source.n)
