@@ -17,6 +17,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "own_process(suite): the test waits for tests/<suite>, run by pytest in a process of its own")
 
 
+def pytest_collection_modifyitems(items):
+    "Own-process suites first: under pytest-xdist their tests are then handed out first, and the suites run beside the rest."
+    items.sort(key=lambda item: item.get_closest_marker("own_process") is None)
+
+
 def pytest_collection_finish(session):
     """Start the selected own-process suites now, so that they run beside the rest of the tests (tests/own_process.py).
     Under pytest-xdist every worker collects every test, so the suites start when their test runs, on its worker."""
