@@ -74,9 +74,13 @@ class DiskRows:
 
     def batches(self, key, # JAX key of the fit
                 size: int, # rows per batch
+                ahead: int=64, # batches read from disk at once
                ):
         "Batches of `size` rows in the order of `stream_order` (every row once per epoch), without end."
-        for t in itertools.count(): yield self.take(stream_order(key, self.n, t * size, size))
+        # one gather for many batches: its sorted rows fall into few pages per map (a map per batch, over the whole file,
+        # left the resident set 10 times larger on the 2e7-point test)
+        for t in itertools.count(0, ahead):
+            yield from self.take(stream_order(key, self.n, t * size, ahead * size)).reshape(ahead, size, -1)
 
 # %% ../../nbs/52_em_stream.ipynb #3002106e
 def stream_units(source: DiskRows, # the rows on disk
