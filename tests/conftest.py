@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(items):
 def pytest_collection_finish(session):
     """Start the selected own-process suites now, so that they run beside the rest of the tests (tests/own_process.py).
     Under pytest-xdist every worker collects every test, so the suites start when their test runs, on its worker."""
-    if os.environ.get("PYTEST_XDIST_WORKER"): return
+    if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly: return
     from own_process import start
     for item in session.items:
         for mark in item.iter_markers("own_process"): start(*mark.args)

@@ -119,15 +119,12 @@ def _as_spread_data(X, dim, name, min_rows):
     "`as_data` for an array over several devices: the same checks by device reductions, the layout kept (in `Auto` mode)."
     if not jnp.issubdtype(X.dtype, jnp.floating) and not jnp.issubdtype(X.dtype, jnp.integer):
         raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}")
-    if X.ndim != 2: raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {X.shape}")
-    n, d = X.shape
-    if n < min_rows or d == 0: raise ValueError(f"{name} must hold at least {min_rows} row(s) and one column, got shape {X.shape}")
-    if dim is not None and d != dim: raise ValueError(f"{name} has {d} columns but the model has dimension {dim}")
+    _check_layout(name, X.shape, dim, min_rows)
     sharding = X.sharding
     if isinstance(sharding, NamedSharding): sharding = NamedSharding(auto_mesh(sharding.mesh), sharding.spec)
     X = jax.jit(lambda x: x.astype(jnp.float64), out_shardings=sharding)(X)
     count, first = _nonfinite_rows(X)
-    if int(count): raise ValueError(f"{name} has non-finite values (NaN or inf) in {int(count)} row(s), first at row {int(first)}")
+    if int(count): raise ValueError(_nonfinite_message(name, int(count), int(first)))
     return X
 
 @jax.jit
@@ -153,17 +150,24 @@ def as_data(X, # observations, shape `(n, d)`
     require_float64()
     if _spread_over_devices(X): return _as_spread_data(X, dim, name, min_rows)
     arr = real_float64(name, X)
-    if arr.ndim != 2:
-        hint = " (one variable: pass X[:, None])" if arr.ndim == 1 else ""
-        raise ValueError(f"{name} must be a 2-D array of shape (n, d){hint}, got shape {arr.shape}")
-    n, d = arr.shape
-    if n < min_rows or d == 0: raise ValueError(f"{name} must hold at least {min_rows} row(s) and one column, got shape {arr.shape}")
-    if dim is not None and d != dim: raise ValueError(f"{name} has {d} columns but the model has dimension {dim}")
+    _check_layout(name, arr.shape, dim, min_rows)
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(f"{name} has non-finite values (NaN or inf) in {rows.size} row(s), first at row {rows[0]}")
+        raise ValueError(_nonfinite_message(name, rows.size, rows[0]))
     return jnp.asarray(arr)
+
+def _check_layout(name, shape, dim, min_rows):
+    "The shape checks of `as_data`, for data in memory and data spread over devices alike."
+    if len(shape) != 2:
+        hint = " (one variable: pass X[:, None])" if len(shape) == 1 else ""
+        raise ValueError(f"{name} must be a 2-D array of shape (n, d){hint}, got shape {shape}")
+    n, d = shape
+    if n < min_rows or d == 0: raise ValueError(f"{name} must hold at least {min_rows} row(s) and one column, got shape {shape}")
+    if dim is not None and d != dim: raise ValueError(f"{name} has {d} columns but the model has dimension {dim}")
+
+def _nonfinite_message(name, count, first) -> str:
+    return f"{name} has non-finite values (NaN or inf) in {count} row(s), first at row {first}"
 
 def _smallest_correlation_eigenvalue(columns):
     centred = columns - columns.mean(1, keepdims=True)
