@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from opt_lab.mice import MICE, DropRestartClipPolicy, EVENTS, LOG_COLUMNS, CompiledMICE, mice_runs, optimal_sample_sizes
 from opt_lab.mice.compiled import (FEISTEL_ROUNDS, MiceConfig, MiceState, apply_policy, constrained_sizes, feistel_permute,
-                                   quantile_of_first, summaries, top_up_targets, try_drop, _config)
+                                   keep_smallest, kept_for_quantile, quantile_from_kept, summaries, top_up_targets, try_drop, _config)
 from opt_lab.book.mice_quadratic import random_quadratic, run_mice
 
 QUAD = random_quadratic()
@@ -71,11 +71,18 @@ def test_sizes_match_the_numpy_sweep(V, tol, N, data):
     np.testing.assert_allclose(got[:L], expected, rtol=1e-9)
 
 
-@pytest.mark.parametrize("count", [1, 2, 7, 32, 33, 500])
-@pytest.mark.parametrize("q", [0.0, 0.05, 0.95, 1.0])
-def test_quantile_of_a_prefix_is_numpys(count, q):
-    v = jnp.asarray(np.random.default_rng(count).normal(size=600))
-    assert float(quantile_of_first(v, count, q)) == pytest.approx(np.quantile(np.asarray(v[:count]), q), abs=1e-12)
+@pytest.mark.parametrize("count", [1, 2, 7, 32, 33, 500, 1001])
+@pytest.mark.parametrize("q", [0.0, 0.05, 0.3, 0.7, 0.95, 1.0])
+def test_quantile_from_the_kept_order_statistics_is_numpys(count, q):
+    values = np.random.default_rng(count).normal(size=1001)
+    values[::7] = values[1::7][: len(values[::7])]  # ties
+    sign = -1.0 if q > 0.5 else 1.0
+    merge = jax.jit(keep_smallest)
+    kept = jnp.full(kept_for_quantile(q, 1001), jnp.inf)
+    for start in range(0, count, 16):
+        chunk = sign * values[start:min(start + 16, count)]
+        kept = merge(kept, jnp.asarray(np.pad(chunk, (0, 16 - len(chunk)), constant_values=np.inf)))
+    assert float(quantile_from_kept(kept, count, q)) == pytest.approx(np.quantile(values[:count], q), abs=1e-12)
 
 
 # -- the same decisions as MICE on the same statistics --------------------------------------------------

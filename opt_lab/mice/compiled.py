@@ -23,11 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ..sharding import data_mesh, rows_spec
 
 # %% auto #0
-__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'RESAMPLE_CHUNK', 'SHORT_RANKED', 'feistel_permute', 'MiceConfig', 'MiceState',
-           'mice_init', 'grow_capacity', 'constrained_sizes', 'error_model', 'plan_cost', 'summaries', 'estimate_of',
-           'quantile_of_first', 'tolerance', 'should_stop', 'keep_from', 'try_drop', 'try_restart', 'clip_candidate',
-           'try_clip', 'apply_policy', 'top_up_targets', 'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame',
-           'CompiledMICE', 'MiceRuns', 'mice_runs']
+__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'RESAMPLE_CHUNK', 'MICE_COMPILER_OPTIONS', 'feistel_permute', 'MiceConfig',
+           'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes', 'error_model', 'plan_cost', 'summaries',
+           'estimate_of', 'keep_smallest', 'kept_for_quantile', 'quantile_from_kept', 'tolerance', 'should_stop',
+           'keep_from', 'try_drop', 'try_restart', 'clip_candidate', 'try_clip', 'apply_policy', 'top_up_targets',
+           'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
 
 # %% ../../nbs/31_mice_compiled.ipynb #bf29ef9e
 FEISTEL_ROUNDS = 6 # rounds of the network: each level holds this many `uint32` round keys
@@ -270,30 +270,32 @@ def _sample(cfg, grad, draw, st, i, m):
 
 # %% ../../nbs/31_mice_compiled.ipynb #21745536
 RESAMPLE_CHUNK = 16 # resampled estimates drawn per pass
-SHORT_RANKED = 32 # up to this many values, order statistics come from pairwise ranks instead of a sort
 
-def _order_statistics(values, count, ks):
-    "The `ks`-th smallest of `values[:count]` (0-based)."
-    idx = jnp.arange(values.shape[0])
-    v = jnp.where(idx < count, values, jnp.inf)
-    if values.shape[0] > SHORT_RANKED: return jnp.sort(v)[ks]
-    ranks = ((v[None, :] < v[:, None]) | ((v[None, :] == v[:, None]) & (idx[None, :] < idx[:, None]))).sum(axis=1)
-    return jnp.where(ranks[None, :] == ks[:, None], v[None, :], 0.0).sum(axis=1)
+def keep_smallest(kept, # the smallest values so far, ascending (`inf` while fewer have been seen)
+                  values, # new values (`inf` for none)
+                 ): # the `len(kept)` smallest of both, ascending
+    "Merge `values` into a fixed-length list of the smallest values seen, by pairwise ranks: no sort, no branch."
+    both = jnp.concatenate([kept, values])
+    idx = jnp.arange(both.shape[0])
+    ranks = ((both[None, :] < both[:, None]) | ((both[None, :] == both[:, None]) & (idx[None, :] < idx[:, None]))).sum(axis=1)
+    return jnp.where(ranks[None, :] == jnp.arange(kept.shape[0])[:, None], both[None, :], 0.0).sum(axis=1)
 
-def quantile_of_first(values, # a buffer; only the first `count` entries count
-                      count, # how many entries
-                      q: float, # the quantile
-                     ): # NumPy's `quantile(values[:count], q)` (linear interpolation)
-    "A quantile of a dynamic-length prefix of a static buffer."
-    def at(values):
-        h = q * (count - 1)
-        lo = jnp.floor(h).astype(jnp.int64)
-        low, high = _order_statistics(values, count, jnp.stack([lo, jnp.minimum(lo + 1, count - 1)]))
-        return low + (high - low) * (h - lo)
-    # the shortest prefix that holds them: a sort costs by the length it is given
-    prefixes = [n for n in (SHORT_RANKED, 4 * SHORT_RANKED, 16 * SHORT_RANKED) if n < values.shape[0]] + [values.shape[0]]
-    branch = sum(jnp.asarray(count > n, jnp.int32) for n in prefixes[:-1]) if len(prefixes) > 1 else 0
-    return lax.switch(branch, [partial(at, values[:n]) for n in prefixes])
+def kept_for_quantile(q: float, # the quantile
+                      most: int, # the most values it is taken of
+                     ) -> int: # order statistics to keep (one spare against rounding)
+    "How many of the smallest values (of the largest, for `q > 0.5`) `quantile_from_kept` reads."
+    return int(math.floor(min(q, 1.0 - q) * (most - 1))) + 3
+
+def quantile_from_kept(kept, # `keep_smallest`'s list: of the values, or of their negatives when `q > 0.5`
+                       count, # how many values were merged
+                       q: float, # the quantile
+                      ): # NumPy's `quantile(values, q)` (linear interpolation)
+    "A quantile from the few order statistics it needs: the smallest values, or the negated largest ones above the median."
+    h = q * (count - 1)
+    lo = jnp.floor(h).astype(jnp.int64)
+    ks = jnp.stack([lo, jnp.minimum(lo + 1, count - 1)])
+    low, high = -kept[count - 1 - ks] if q > 0.5 else kept[ks]
+    return low + (high - low) * (h - lo)
 
 # %% ../../nbs/31_mice_compiled.ipynb #a5a57146
 def tolerance(cfg: MiceConfig, st: MiceState, est, dev):
@@ -305,17 +307,21 @@ def tolerance(cfg: MiceConfig, st: MiceState, est, dev):
         n = jnp.floor(cfg.re_tot_cost * st.last_call_cost / L).astype(jnp.int64)
         n = jnp.minimum(jnp.minimum(jnp.maximum(n, cfg.re_min_n), cfg.re_max_samp), P ** jnp.minimum(L, 12))
         live = _live(st)
+        sign = -1.0 if cfg.re_quantile > 0.5 else 1.0  # above the median, the largest norms are kept (negated)
         def block(carry):
-            norms, done, key = carry
+            kept, done, key = carry
             key, sub = jax.random.split(key)
             # floor(P u) rather than randint, whose unbiased rejection costs more than the whole resampling
             picks = jnp.minimum(jnp.floor(P * jax.random.uniform(sub, (R, C))), P - 1)
             chosen = (picks[:, :, None] == jnp.arange(P)) & live[None, :, None]
             samples = est + jnp.einsum("rcp,cpd->rd", chosen.astype(dev.dtype), dev)
-            return lax.dynamic_update_slice(norms, jnp.sqrt((samples * samples).sum(1)), (done,)), done + R, key
-        start = (jnp.full(cfg.re_max_samp + R + 1, jnp.inf), jnp.asarray(0, jnp.int64), st.key)
-        norms, _, key = lax.while_loop(lambda c: c[1] < n, block, start)
-        norm = quantile_of_first(norms.at[n].set(plain), n + 1, cfg.re_quantile)  # the estimate's own norm joins them
+            norms = jnp.where(done + jnp.arange(R) < n, sign * jnp.sqrt((samples * samples).sum(1)), jnp.inf)
+            return keep_smallest(kept, norms), done + R, key
+        # the estimate's own norm joins the resampled ones
+        start = (jnp.full(kept_for_quantile(cfg.re_quantile, cfg.re_max_samp + 1), jnp.inf).at[0].set(sign * plain),
+                 jnp.asarray(0, jnp.int64), st.key)
+        kept, _, key = lax.while_loop(lambda c: c[1] < n, block, start)
+        norm = quantile_from_kept(kept, n + 1, cfg.re_quantile)
         st = st._replace(key=key)
     if cfg.convex:
         norm = jnp.minimum(norm, st.best_norm)
@@ -521,7 +527,11 @@ def _draw_fn(cfg, sampler, data):
         return data[feistel_permute(perm, jnp.where(j < cfg.population, j, 0).astype(jnp.uint32), cfg.population)]
     return draw
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
+# XLA:CPU hands small reductions and batched products to YNNPACK fusions by default; on a MICE call's small arrays
+# XLA's own loops are faster (600 steps of the paper quadratic: 94 -> 65 ms), so MICE's programs are compiled without them
+MICE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+@partial(jax.jit, static_argnums=(0, 1, 2), compiler_options=MICE_COMPILER_OPTIONS)
 def _evaluate_compiled(cfg, grad, sampler, st, x, data):
     return mice_evaluate(cfg, grad, _draw_fn(cfg, sampler, data), st, x)
 
@@ -664,7 +674,7 @@ def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, step
     (st, x), (rows, traced) = lax.scan(step, (mice_init(cfg, key, max_cost), x0), None, length=steps)
     return x, rows, traced
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 9))
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 9), compiler_options=MICE_COMPILER_OPTIONS)
 def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
     return jax.vmap(lambda key: _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps))(keys)
 
