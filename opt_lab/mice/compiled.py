@@ -23,11 +23,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ..sharding import data_mesh, rows_spec
 
 # %% auto #0
-__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'RESAMPLE_CHUNK', 'MICE_COMPILER_OPTIONS', 'feistel_permute', 'MiceConfig',
-           'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes', 'error_model', 'plan_cost', 'summaries',
-           'estimate_of', 'keep_smallest', 'kept_for_quantile', 'quantile_from_kept', 'tolerance', 'should_stop',
-           'keep_from', 'try_drop', 'try_restart', 'clip_candidate', 'try_clip', 'apply_policy', 'top_up_targets',
-           'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
+__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUNK', 'MICE_COMPILER_OPTIONS', 'feistel_permute',
+           'MiceConfig', 'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes', 'error_model', 'plan_cost',
+           'summaries', 'estimate_of', 'keep_smallest', 'kept_for_quantile', 'quantile_from_kept', 'tolerance',
+           'should_stop', 'keep_from', 'try_drop', 'try_restart', 'clip_candidate', 'try_clip', 'apply_policy',
+           'top_up_targets', 'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame', 'CompiledMICE', 'MiceRuns',
+           'mice_runs']
 
 # %% ../../nbs/31_mice_compiled.ipynb #bf29ef9e
 FEISTEL_ROUNDS = 6 # rounds of the network: each level holds this many `uint32` round keys
@@ -84,6 +85,7 @@ class MiceConfig(NamedTuple):
     re_min_n: int = 5
     re_max_samp: int = 1000
     mesh: Mesh | None = None # devices each chunk's samples are split over (their gradients computed there, the sums reduced)
+    lockstep: bool = False # runs advance together under `vmap` (`mice_runs`): growth takes one shape, since a batched branch runs both
 
     @property
     def m_restart_min(self) -> int:
@@ -219,6 +221,9 @@ def _append(cfg, st, x, cost):
                        size=i + 1, key=key)
 
 LANES = 8 # levels grown side by side in one chunk (the neediest first)
+# up to this many multiply-adds, a product with a 0/1 matrix runs as a masked sum: XLA:CPU's small batched products
+# (one per level, and one per run under `vmap`) cost several times more
+SMALL_PRODUCT = 2**16
 
 def _absorb(cfg, st, lanes, cols, mask):
     "Merge the masked rows of `cols` (`(K, rows, 2d)`, columns `[Δ | ∇f]`) into the levels `lanes`."
@@ -226,8 +231,10 @@ def _absorb(cfg, st, lanes, cols, mask):
     n = st.n[jnp.minimum(lanes, st.n.shape[0] - 1)]
     shift = jnp.where((n == 0)[:, None], cols[:, 0], st.shift[jnp.minimum(lanes, st.n.shape[0] - 1)])
     cols = jnp.where(mask[:, :, None], cols - shift[:, None, :], 0.0)
-    deal = ((n[:, None] + jnp.arange(B))[:, :, None] % P == jnp.arange(P)) & mask[:, :, None]
-    sums = jnp.concatenate([jnp.einsum("kbp,kbc->kpc", deal.astype(cols.dtype), cols), cols.sum(axis=1)[:, None]], axis=1)
+    deal = (n[:, None] + jnp.arange(B))[:, :, None] % P == jnp.arange(P)  # sample j of a level goes to partition j mod P
+    if deal.size * cols.shape[2] <= SMALL_PRODUCT: by_part = jnp.where(deal[..., None], cols[:, :, None], 0.0).sum(axis=1)
+    else: by_part = jnp.einsum("kbp,kbc->kpc", deal.astype(cols.dtype), cols)
+    sums = jnp.concatenate([by_part, cols.sum(axis=1)[:, None]], axis=1)
     drop = dict(mode="drop")  # lanes past the capacity are padding
     return st._replace(shift=st.shift.at[lanes].set(shift, **drop), psum=st.psum.at[lanes].add(sums, **drop),
                        sq=st.sq.at[lanes].add((cols * cols).sum(1), **drop), n=st.n.at[lanes].add(mask.sum(1), **drop))
@@ -274,11 +281,14 @@ RESAMPLE_CHUNK = 16 # resampled estimates drawn per pass
 def keep_smallest(kept, # the smallest values so far, ascending (`inf` while fewer have been seen)
                   values, # new values (`inf` for none)
                  ): # the `len(kept)` smallest of both, ascending
-    "Merge `values` into a fixed-length list of the smallest values seen, by pairwise ranks: no sort, no branch."
-    both = jnp.concatenate([kept, values])
-    idx = jnp.arange(both.shape[0])
-    ranks = ((both[None, :] < both[:, None]) | ((both[None, :] == both[:, None]) & (idx[None, :] < idx[:, None]))).sum(axis=1)
-    return jnp.where(ranks[None, :] == jnp.arange(kept.shape[0])[:, None], both[None, :], 0.0).sum(axis=1)
+    "Merge `values` into a fixed-length list of the smallest values seen: ranks by comparison (no sort, no branch), then a scatter."
+    j = jnp.arange(values.shape[0])
+    # `kept` is sorted, so a value's rank among it is a count; ties rank kept values first, then new ones in order
+    kept_ranks = jnp.arange(kept.shape[0]) + (values[None, :] < kept[:, None]).sum(axis=1)
+    new_ranks = (kept[None, :] <= values[:, None]).sum(axis=1) + (
+        (values[None, :] < values[:, None]) | ((values[None, :] == values[:, None]) & (j[None, :] < j[:, None]))).sum(axis=1)
+    ranks = jnp.concatenate([kept_ranks, new_ranks])
+    return jnp.zeros_like(kept).at[ranks].set(jnp.concatenate([kept, values]), mode="drop")  # ranks past the list fall off
 
 def kept_for_quantile(q: float, # the quantile
                       most: int, # the most values it is taken of
@@ -314,7 +324,9 @@ def tolerance(cfg: MiceConfig, st: MiceState, est, dev):
             # floor(P u) rather than randint, whose unbiased rejection costs more than the whole resampling
             picks = jnp.minimum(jnp.floor(P * jax.random.uniform(sub, (R, C))), P - 1)
             chosen = (picks[:, :, None] == jnp.arange(P)) & live[None, :, None]
-            samples = est + jnp.einsum("rcp,cpd->rd", chosen.astype(dev.dtype), dev)
+            if chosen.size * dev.shape[2] <= SMALL_PRODUCT: picked = jnp.where(chosen[..., None], dev[None], 0.0).sum((1, 2))
+            else: picked = jnp.einsum("rcp,cpd->rd", chosen.astype(dev.dtype), dev)
+            samples = est + picked
             norms = jnp.where(done + jnp.arange(R) < n, sign * jnp.sqrt((samples * samples).sum(1)), jnp.inf)
             return keep_smallest(kept, norms), done + R, key
         # the estimate's own norm joins the resampled ones
@@ -424,11 +436,18 @@ def top_up_targets(cfg: MiceConfig, st: MiceState, v, tol):
     every_short = (short.sum() < 2) | jnp.all(grow == short)
     return jnp.where(every_short, jnp.where(short, sizes, held), jnp.where(spare <= 0, rounded, replanned))
 
+def _neediest_first(m):
+    "The rows by decreasing `m`, ties in row order: `argsort(-m)`, by comparisons and a scatter while that is cheaper than a sort."
+    rows = jnp.arange(m.shape[0])
+    if m.size * m.size > SMALL_PRODUCT: return jnp.argsort(-m)
+    ranks = ((m[None, :] > m[:, None]) | ((m[None, :] == m[:, None]) & (rows[None, :] < rows[:, None]))).sum(axis=1)
+    return jnp.zeros_like(rows).at[ranks].set(rows)
+
 def _grow_in_groups(cfg, grad, draw, st, m, K: int, rows: int):
     "Sample `m` more rows per level, `K` levels side by side with `rows` rows each per chunk, the neediest together."
     C = m.shape[0]
     K = min(K, C)
-    order = jnp.argsort(-m)  # a chunk lasts as long as its neediest lane
+    order = _neediest_first(m)  # a chunk lasts as long as its neediest lane
     order = jnp.concatenate([order, jnp.full(-C % K, C)])  # padding lanes point past the arrays
     m = jnp.concatenate([m, jnp.zeros(1, m.dtype)])
     def group(carry):
@@ -445,8 +464,9 @@ def grow_levels(cfg: MiceConfig, grad, draw, st: MiceState, targets):
     need = jnp.where(targets < jnp.inf, jnp.ceil(targets) - held, jnp.inf)
     m = jnp.where(live, jnp.minimum(need, jnp.maximum(3 * held, cfg.min_batch)), 0).astype(jnp.int64)
     st, m = _granted(cfg, st, jnp.arange(m.shape[0]), m)
-    one_by_one = partial(_grow_in_groups, cfg, grad, draw, K=1, rows=cfg.rows)
     side_by_side = partial(_grow_in_groups, cfg, grad, draw, K=LANES, rows=max(cfg.rows // 4, 1))
+    if cfg.lockstep: return side_by_side(st, m)  # batched, a branch runs both ways: one shape
+    one_by_one = partial(_grow_in_groups, cfg, grad, draw, K=1, rows=cfg.rows)
     return lax.cond((m > 0).sum() <= 2, one_by_one, side_by_side, st, m)
 
 def _all_zero(cfg, st):
@@ -462,19 +482,15 @@ class LogRow(NamedTuple):
 
 def _begin(cfg, grad, draw, st, x):
     "Start a hierarchy at `x` (first call, or one past `max_hierarchy_size`) or add a difference level: the state and event counts."
-    def fresh(st):
-        restarted = (st.size > 0).astype(jnp.int32)
-        st = _append(cfg, st._replace(size=jnp.asarray(0, jnp.int64)), x, 1)
-        return _sample(cfg, grad, draw, st, 0, cfg.m_restart_min), jnp.stack([1 - restarted, restarted, 0, restarted])
-    def add(st):
-        dropped = (st.size >= 2) & try_drop(cfg, st, x, summaries(cfg, st)[1], st.last_tol)
-        st = st._replace(size=st.size - dropped)
-        def new_level(st):
-            st = _append(cfg, st, x, 2)
-            return _sample(cfg, grad, draw, st, st.size - 1, cfg.m_pilot)
-        st = lax.cond(st.size == st.n.shape[0], lambda s: _ended(s, 5), new_level, st)  # full: the host doubles
-        return st, jnp.stack([0, 1, dropped.astype(jnp.int32), 0])
-    return lax.cond((st.size == 0) | (st.size + 1 > cfg.max_hierarchy_size), fresh, add, st)
+    fresh = (st.size == 0) | (st.size + 1 > cfg.max_hierarchy_size)
+    restarted = fresh & (st.size > 0)
+    dropped = ~fresh & (st.size >= 2) & try_drop(cfg, st, x, summaries(cfg, st)[1], st.last_tol)
+    st = st._replace(size=jnp.where(fresh, 0, st.size - dropped))
+    full = st.size == st.n.shape[0]  # the host doubles the capacity and calls again
+    st = lax.cond(full, lambda s: _ended(s, 5), lambda s: _append(cfg, s, x, jnp.where(fresh, 1, 2)), st)
+    # one sampling loop for both cases (a batched branch would run two): a base level's or a pilot's samples
+    st = _sample(cfg, grad, draw, st, st.size - 1, jnp.where(full, 0, jnp.where(fresh, cfg.m_restart_min, cfg.m_pilot)))
+    return st, jnp.stack([fresh & ~restarted, ~fresh | restarted, dropped, restarted]).astype(jnp.int32)
 
 def _pass(cfg, grad, draw, carry):
     "One pass of the growth loop: estimate, tolerance, stopping rule, the policy once, then the top-ups."
@@ -709,7 +725,7 @@ def mice_runs(grad, # `grad(x, thetas) -> (m, d)`, traceable by JAX, on the flat
     fn = None if data is not None else sampler
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.key(0), check_int("seeds", seeds, minimum=1)) if isinstance(seeds, int) else seeds
-        cfg = _config(x0.size, population, rows, capacity, grad, fn, options)
+        cfg = _config(x0.size, population, rows, capacity, grad, fn, options)._replace(lockstep=True)
         device_data = None if data is None else jnp.asarray(data, jnp.float64)
         while True:
             x, rows_, traced = _runs_compiled(cfg, grad, fn, trace, device_data, keys, float(options.get("max_cost", math.inf)),
