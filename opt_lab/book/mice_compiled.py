@@ -18,7 +18,7 @@ from .display import progress_reporter
 from .mice_logistic import (_best_time, _bookkeeping, _mice_makers, _prepare, _reference_logistic, logistic_mice,
                                         logistic_problem, svrg)
 from .mice_quadratic import evaluations_to, random_quadratic, run_mice
-from ..mice.compiled import (CompiledMICE, MiceState, _append, _config, _evaluate_compiled, _sample, _draw_fn,
+from ..mice.compiled import (CompiledMICE, MiceState, _append, _config, _evaluate_compiled, grow_levels, _draw_fn,
                                    mice_init, mice_runs)
 from ..mice.estimator import MICE
 from ..mice.policy import DropRestartClipPolicy
@@ -206,7 +206,7 @@ def _hierarchy(cfg, levels: int, key):
     draw = _draw_fn(cfg, uniform_thetas, None)
     def add(l, st):
         st = _append(cfg, st, jnp.full(cfg.dim, 1.0) + 0.1 * 0.9 ** l, jnp.where(l == 0, 1, 2))
-        return _sample(cfg, separable_grad, draw, st, l, jnp.where(l == 0, cfg.m_restart_min, 3 * cfg.min_batch))
+        return grow_levels(cfg, separable_grad, draw, st, jnp.zeros_like(st.n).at[l].set(jnp.where(l == 0, cfg.m_restart_min, 3 * cfg.min_batch)))
     return lax.fori_loop(0, levels, add, mice_init(cfg, key))
 
 def _scaling_rows(dims, sizes, report):

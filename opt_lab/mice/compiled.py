@@ -27,8 +27,8 @@ __all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUN
            'MiceConfig', 'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes', 'error_model', 'plan_cost',
            'summaries', 'estimate_of', 'keep_smallest', 'kept_for_quantile', 'quantile_from_kept', 'tolerance',
            'should_stop', 'keep_from', 'try_drop', 'try_restart', 'clip_candidate', 'try_clip', 'apply_policy',
-           'top_up_targets', 'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame', 'CompiledMICE', 'MiceRuns',
-           'mice_runs']
+           'top_up_targets', 'growth_plan', 'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame', 'CompiledMICE',
+           'MiceRuns', 'mice_runs']
 
 # %% ../../nbs/31_mice_compiled.ipynb #bf29ef9e
 FEISTEL_ROUNDS = 6 # rounds of the network: each level holds this many `uint32` round keys
@@ -270,10 +270,6 @@ def _granted(cfg, st, levels, m):
     granted = jnp.clip(jnp.floor(left / cost), 0, m).astype(jnp.int64)
     return _ended(st, 1, jnp.any(granted < m)), granted
 
-def _sample(cfg, grad, draw, st, i, m):
-    "Draw `m` samples for level `i`, within the budget, and merge them into its statistics."
-    st, granted = _granted(cfg, st, jnp.reshape(i, (1,)), jnp.reshape(m, (1,)))
-    return _sample_lanes(cfg, grad, draw, st, jnp.reshape(i, (1,)), granted, cfg.rows)
 
 # %% ../../nbs/31_mice_compiled.ipynb #21745536
 RESAMPLE_CHUNK = 16 # resampled estimates drawn per pass
@@ -457,12 +453,15 @@ def _grow_in_groups(cfg, grad, draw, st, m, K: int, rows: int):
     more = lambda c: (c[1] * K < C) & (m[order[jnp.minimum(c[1] * K, C - 1)]] > 0) & (c[0].reason != 3)
     return lax.while_loop(more, group, (st, jnp.asarray(0)))[0]
 
-def grow_levels(cfg: MiceConfig, grad, draw, st: MiceState, targets):
-    "Sample every level whose target exceeds what it holds, at most fourfold in this pass: one or two levels one by one, more `LANES` at a time."
+def growth_plan(cfg: MiceConfig, st: MiceState, targets):
+    "Samples each level asks for to approach its target: at most fourfold in one pass, then the sizes are re-estimated."
     held = st.n.astype(jnp.float64)
     live = _live(st) & (targets > held)
     need = jnp.where(targets < jnp.inf, jnp.ceil(targets) - held, jnp.inf)
-    m = jnp.where(live, jnp.minimum(need, jnp.maximum(3 * held, cfg.min_batch)), 0).astype(jnp.int64)
+    return jnp.where(live, jnp.minimum(need, jnp.maximum(3 * held, cfg.min_batch)), 0).astype(jnp.int64)
+
+def grow_levels(cfg: MiceConfig, grad, draw, st: MiceState, m):
+    "Sample `m[ℓ]` more rows for each level `ℓ`, within the budget: one or two levels one by one, more `LANES` at a time."
     st, m = _granted(cfg, st, jnp.arange(m.shape[0]), m)
     side_by_side = partial(_grow_in_groups, cfg, grad, draw, K=LANES, rows=max(cfg.rows // 4, 1))
     if cfg.lockstep: return side_by_side(st, m)  # batched, a branch runs both ways: one shape
@@ -480,48 +479,54 @@ class LogRow(NamedTuple):
     events: Any; num_grads: Any; hier_length: Any; grad_norm: Any; norm_estimate: Any
     err_tol: Any; err_estimate: Any; vl: Any; reason: Any
 
-def _begin(cfg, grad, draw, st, x):
-    "Start a hierarchy at `x` (first call, or one past `max_hierarchy_size`) or add a difference level: the state and event counts."
+class _Pass(NamedTuple):
+    "The growth loop's carry besides the state."
+    planned: Any # whether the policy has run in this call
+    done: Any # whether the last pass found every level at its target
+    tol: Any; norm: Any # the last tolerance and norm estimate (`nan` before the first)
+    events: Any # event counts of the call
+    asked: Any # samples each level asks for in the next pass
+
+def _begin(cfg, st, x):
+    "Start a hierarchy at `x` (first call, or one past `max_hierarchy_size`) or add a difference level: the state and the loop's carry, asking for a base level's or a pilot's samples."
     fresh = (st.size == 0) | (st.size + 1 > cfg.max_hierarchy_size)
     restarted = fresh & (st.size > 0)
     dropped = ~fresh & (st.size >= 2) & try_drop(cfg, st, x, summaries(cfg, st)[1], st.last_tol)
     st = st._replace(size=jnp.where(fresh, 0, st.size - dropped))
     full = st.size == st.n.shape[0]  # the host doubles the capacity and calls again
     st = lax.cond(full, lambda s: _ended(s, 5), lambda s: _append(cfg, s, x, jnp.where(fresh, 1, 2)), st)
-    # one sampling loop for both cases (a batched branch would run two): a base level's or a pilot's samples
-    st = _sample(cfg, grad, draw, st, st.size - 1, jnp.where(full, 0, jnp.where(fresh, cfg.m_restart_min, cfg.m_pilot)))
-    return st, jnp.stack([fresh & ~restarted, ~fresh | restarted, dropped, restarted]).astype(jnp.int32)
+    asked = jnp.zeros_like(st.n).at[st.size - 1].set(jnp.where(full, 0, jnp.where(fresh, cfg.m_restart_min, cfg.m_pilot)))
+    first = jnp.stack([fresh & ~restarted, ~fresh | restarted, dropped, restarted]).astype(jnp.int32)
+    nan = jnp.asarray(jnp.nan)
+    return st, _Pass(jnp.asarray(False), jnp.asarray(False), nan, nan, jnp.zeros(len(EVENTS), jnp.int32).at[:4].set(first), asked)
 
-def _pass(cfg, grad, draw, carry):
-    "One pass of the growth loop: estimate, tolerance, stopping rule, the policy once, then the top-ups."
-    st, planned, _, _, _, events = carry
-    means, v, dev = summaries(cfg, st)
-    est = estimate_of(cfg, st, means)
-    st, tol, norm = tolerance(cfg, st, est, dev)
-    def plan_and_grow(st):
-        def policy(st):
-            st, restart, clip = apply_policy(cfg, st, v, tol)
-            return st, restart | clip, events.at[3].add(restart.astype(jnp.int32)).at[4].add(clip.astype(jnp.int32))
-        st, changed, counts = lax.cond(planned, lambda s: (s, jnp.asarray(False), events), policy, st)
-        def grow(st):  # a restart or clip changed the estimate: re-estimate first
-            targets = top_up_targets(cfg, st, v, tol)
-            return grow_levels(cfg, grad, draw, st, targets), ~jnp.any(_live(st) & (targets > st.n))
-        st, done = lax.cond(changed, lambda s: (s, jnp.asarray(False)), grow, st)
-        return st, done, counts
-    stop = should_stop(cfg, st, est, v)
-    st, done, events = lax.cond(stop, lambda s: (_ended(s, 2), jnp.asarray(True), events), plan_and_grow, st)
-    return st, jnp.asarray(True), done, tol, norm, events
+def _pass(cfg, grad, draw, st, loop: _Pass):
+    "One pass of the growth loop: the samples asked for, then the estimate, tolerance, stopping rule, the policy once, and the next top-ups."
+    st = grow_levels(cfg, grad, draw, st, loop.asked)
+    st = _ended(st, 4, ~loop.planned & _all_zero(cfg, st))  # the call's first samples are all zero
+    def decide(st):
+        means, v, dev = summaries(cfg, st)
+        est = estimate_of(cfg, st, means)
+        st, tol, norm = tolerance(cfg, st, est, dev)
+        def plan(st):
+            def policy(st):
+                st, restart, clip = apply_policy(cfg, st, v, tol)
+                counts = loop.events.at[3].add(restart.astype(jnp.int32)).at[4].add(clip.astype(jnp.int32))
+                return st, restart | clip, counts
+            st, changed, events = lax.cond(loop.planned, lambda s: (s, jnp.asarray(False), loop.events), policy, st)
+            # a restart or clip changed the estimate: re-estimate before growing
+            asked = jnp.where(changed, 0, growth_plan(cfg, st, top_up_targets(cfg, st, v, tol)))
+            return st, ~changed & ~jnp.any(asked > 0), events, asked
+        stop = should_stop(cfg, st, est, v)
+        st, done, events, asked = lax.cond(stop, lambda s: (_ended(s, 2), jnp.asarray(True), loop.events, loop.asked * 0), plan, st)
+        return st, _Pass(jnp.asarray(True), done, tol, norm, events, asked)
+    return lax.cond(st.reason == 0, decide, lambda s: (s, loop._replace(planned=jnp.asarray(True))), st)
 
-def mice_evaluate(cfg: MiceConfig, grad, draw, st: MiceState, x):
-    "One MICE call at the flat iterate `x`: the new state, the estimate and the call's `LogRow`."
-    start, nan = st.counter, jnp.asarray(jnp.nan)
-    st, first = _begin(cfg, grad, draw, st._replace(n_prev=st.n), x)
-    events = jnp.zeros(len(EVENTS), jnp.int32).at[:4].set(first)
-    st = _ended(st, 4, _all_zero(cfg, st))
-    carry = (st, jnp.asarray(False), jnp.asarray(False), nan, nan, events)
-    st, _, _, tol, norm, events = lax.while_loop(lambda c: ~c[2] & (c[0].reason == 0),
-                                                 partial(_pass, cfg, grad, draw), carry)
-    st = st._replace(last_call_cost=jnp.maximum(st.counter - start, 1), last_tol=jnp.where(jnp.isfinite(tol), tol, st.last_tol))
+# %% ../../nbs/31_mice_compiled.ipynb #6097ae3a
+def _finish(cfg, st, x, start, loop: _Pass):
+    "End a call at `x` that began with `start` evaluations spent: the state, the estimate and the call's `LogRow`."
+    st = st._replace(last_call_cost=jnp.maximum(st.counter - start, 1),
+                     last_tol=jnp.where(jnp.isfinite(loop.tol), loop.tol, st.last_tol))
     ended, newest = st.reason != 0, jnp.maximum(st.size - 1, 0)
     st = st._replace(size=st.size - (ended & (st.size > 0) & (st.n[newest] == 0)))  # a level left empty goes
     newest = jnp.maximum(st.size - 1, 0)
@@ -530,10 +535,19 @@ def mice_evaluate(cfg: MiceConfig, grad, draw, st: MiceState, x):
     sampled_at_x = (st.size > 0) & jnp.all(st.x[newest] == x)
     est = jnp.where(ended & ((st.reason == 3) | ~sampled_at_x), 0.0, est)  # no trustworthy estimate at x: do not move
     err = error_model(v[:, 0], st.n.astype(jnp.float64), cfg.high, _live(st))
-    some = st.size > 0
-    row = LogRow(events.at[5].set(ended.astype(jnp.int32)), st.counter, st.size, jnp.sqrt(est @ est), norm, tol,
-                 jnp.where(some, jnp.sqrt(err), nan), jnp.where(some, v[newest, 0], nan), st.reason)
+    some, nan = st.size > 0, jnp.asarray(jnp.nan)
+    row = LogRow(loop.events.at[5].set(ended.astype(jnp.int32)), st.counter, st.size, jnp.sqrt(est @ est), loop.norm,
+                 loop.tol, jnp.where(some, jnp.sqrt(err), nan), jnp.where(some, v[newest, 0], nan), st.reason)
     return st._replace(k=st.k + 1), est, row
+
+def _needs_pass(st, loop: _Pass): return ~loop.done & (st.reason == 0)
+
+def mice_evaluate(cfg: MiceConfig, grad, draw, st: MiceState, x):
+    "One MICE call at the flat iterate `x`: the new state, the estimate and the call's `LogRow`."
+    start = st.counter
+    st, loop = _begin(cfg, st._replace(n_prev=st.n), x)
+    st, loop = lax.while_loop(lambda c: _needs_pass(*c), lambda c: _pass(cfg, grad, draw, *c), (st, loop))
+    return _finish(cfg, st, x, start, loop)
 
 # %% ../../nbs/31_mice_compiled.ipynb #9458f6ba
 def _draw_fn(cfg, sampler, data):
@@ -675,7 +689,16 @@ CompiledMICE.__call__ = CompiledMICE.evaluate  # `est(x)` is `est.evaluate(x)`
 # %% ../../nbs/31_mice_compiled.ipynb #020c51f7
 def _no_trace(x): return jnp.zeros(())
 
+class _Run(NamedTuple):
+    "One SGD-MICE run advanced a pass at a time."
+    st: Any; x: Any
+    loop: _Pass # the current call's growth loop
+    in_call: Any # whether a call is open
+    start: Any # evaluations spent when it opened
+    calls: Any # calls finished
+
 def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps):
+    "`steps` SGD-MICE calls in a `lax.scan`, each a whole `mice_evaluate`."
     draw = _draw_fn(cfg, sampler, data)
     def step(carry, _):
         st, x = carry
@@ -690,9 +713,48 @@ def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, step
     (st, x), (rows, traced) = lax.scan(step, (mice_init(cfg, key, max_cost), x0), None, length=steps)
     return x, rows, traced
 
+def _lockstep_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps):
+    "`_one_run`, one growth pass per tick: under `vmap`, no run waits at the end of each call for the slowest run's passes."
+    draw = _draw_fn(cfg, sampler, data)
+    keep = lambda run: run
+    def open_call(run):
+        st, loop = _begin(cfg, run.st._replace(n_prev=run.st.n), run.x)
+        return run._replace(st=st, loop=loop, in_call=jnp.asarray(True), start=run.st.counter)
+    def one_pass(run):
+        st, loop = _pass(cfg, grad, draw, run.st, run.loop)
+        return run._replace(st=st, loop=loop)
+    def close_call(run):
+        st, est, row = _finish(cfg, run.st, run.x, run.start, run.loop)
+        x = run.x - step_size * est
+        return run._replace(st=st, x=x, in_call=jnp.asarray(False), calls=run.calls + 1), row, trace(x)
+    def tick(carry):
+        run, rows, traced = carry
+        run = lax.cond(run.in_call, keep, open_call, run)
+        run = lax.cond(_needs_pass(run.st, run.loop), one_pass, keep, run)
+        closing = ~_needs_pass(run.st, run.loop)
+        run, row, value = lax.cond(closing, close_call, lambda run: (run, rows_at(rows, run.calls), traced[run.calls]), run)
+        # the logs are written outside the branches, which would copy them
+        write = lambda buffer, value: lax.dynamic_update_index_in_dim(buffer, value, jnp.minimum(run.calls - closing, steps - 1), 0)
+        return run, jax.tree.map(write, rows, row), write(traced, value)
+    rows_at = lambda rows, i: jax.tree.map(lambda buffer: buffer[jnp.minimum(i, steps - 1)], rows)
+    st = mice_init(cfg, key, max_cost)
+    _, loop = _begin(cfg, st, x0)  # the carry's shapes
+    nan, blank = jnp.asarray(jnp.nan), jnp.zeros(steps)
+    rows = LogRow(jnp.zeros((steps, len(EVENTS)), jnp.int32), *(blank.astype(st.counter.dtype), blank.astype(st.size.dtype)),
+                  *(blank + nan,) * 5, blank.astype(st.reason.dtype))
+    start = (_Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), rows, blank + trace(x0))
+    more = lambda run: (run.calls < steps) & ((run.st.reason == 0) | run.in_call)
+    run, rows, traced = lax.while_loop(lambda carry: more(carry[0]), tick, start)
+    # after the run ended: idle rows, no events and the counters as they stand
+    idle = jnp.arange(steps) >= run.calls
+    rows = rows._replace(num_grads=jnp.where(idle, run.st.counter, rows.num_grads),
+                         hier_length=jnp.where(idle, run.st.size, rows.hier_length), reason=jnp.where(idle, run.st.reason, rows.reason))
+    return run.x, rows, jnp.where(idle, trace(run.x), traced)
+
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 9), compiler_options=MICE_COMPILER_OPTIONS)
 def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
-    return jax.vmap(lambda key: _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps))(keys)
+    run = _one_run if keys.shape[0] == 1 else _lockstep_run  # alone, a scan over whole calls has less to carry
+    return jax.vmap(lambda key: run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps))(keys)
 
 class MiceRuns(NamedTuple):
     "The result of `mice_runs`."
@@ -717,7 +779,7 @@ def mice_runs(grad, # `grad(x, thetas) -> (m, d)`, traceable by JAX, on the flat
               capacity: int=16, # levels the arrays hold; doubled and recompiled if any run outgrows it
               **options, # `MICE`'s options
              ) -> MiceRuns:
-    "Many seeded SGD-MICE runs as one compiled program: a `lax.scan` over steps, `vmap`ped over seeds."
+    "Many seeded SGD-MICE runs as one compiled program, `vmap`ped over seeds and advanced a growth pass at a time."
     data, population = _data_rows(sampler)
     x0 = np.asarray(x0, dtype=float)
     if x0.ndim != 1 or not np.isfinite(x0).all(): raise ValueError(f"x0 must be a finite flat vector, got shape {x0.shape}")
