@@ -751,6 +751,7 @@ def _lockstep_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size,
                          hier_length=jnp.where(idle, run.st.size, rows.hier_length), reason=jnp.where(idle, run.st.reason, rows.reason))
     return run.x, rows, jnp.where(idle, trace(run.x), traced)
 
+# %% ../../nbs/31_mice_compiled.ipynb #8be667ae
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 9), compiler_options=MICE_COMPILER_OPTIONS)
 def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
     run = _one_run if keys.shape[0] == 1 else _lockstep_run  # alone, a scan over whole calls has less to carry
