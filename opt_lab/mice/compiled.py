@@ -225,41 +225,53 @@ LANES = 8 # levels grown side by side in one chunk (the neediest first)
 # (one per level, and one per run under `vmap`) cost several times more
 SMALL_PRODUCT = 2**16
 
-def _absorb(cfg, st, lanes, cols, mask):
-    "Merge the masked rows of `cols` (`(K, rows, 2d)`, columns `[Δ | ∇f]`) into the levels `lanes`."
+class _Lanes(NamedTuple):
+    "What a sampling loop has merged into its lanes so far; the state's level arrays are written once, after the loop."
+    n: Any # samples each lane's level holds
+    shift: Any # each level's shift
+    psum: Any # partition sums added, `(K, re_part + 1, 2 d)`
+    sq: Any # sums of squares added, `(K, 2 d)`
+
+def _absorb(cfg, acc: _Lanes, cols, mask) -> _Lanes:
+    "Merge the masked rows of `cols` (`(K, rows, 2d)`, columns `[Δ | ∇f]`) into the lanes' sums."
     P, B = cfg.re_part, cols.shape[1]
-    n = st.n[jnp.minimum(lanes, st.n.shape[0] - 1)]
-    shift = jnp.where((n == 0)[:, None], cols[:, 0], st.shift[jnp.minimum(lanes, st.n.shape[0] - 1)])
+    shift = jnp.where((acc.n == 0)[:, None], cols[:, 0], acc.shift)
     cols = jnp.where(mask[:, :, None], cols - shift[:, None, :], 0.0)
-    deal = (n[:, None] + jnp.arange(B))[:, :, None] % P == jnp.arange(P)  # sample j of a level goes to partition j mod P
+    deal = (acc.n[:, None] + jnp.arange(B))[:, :, None] % P == jnp.arange(P)  # sample j of a level goes to partition j mod P
     if deal.size * cols.shape[2] <= SMALL_PRODUCT: by_part = jnp.where(deal[..., None], cols[:, :, None], 0.0).sum(axis=1)
     else: by_part = jnp.einsum("kbp,kbc->kpc", deal.astype(cols.dtype), cols)
     sums = jnp.concatenate([by_part, cols.sum(axis=1)[:, None]], axis=1)
-    drop = dict(mode="drop")  # lanes past the capacity are padding
-    return st._replace(shift=st.shift.at[lanes].set(shift, **drop), psum=st.psum.at[lanes].add(sums, **drop),
-                       sq=st.sq.at[lanes].add((cols * cols).sum(1), **drop), n=st.n.at[lanes].add(mask.sum(1), **drop))
+    return _Lanes(acc.n + mask.sum(1), shift, acc.psum + sums, acc.sq + (cols * cols).sum(1))
 
+# %% ../../nbs/31_mice_compiled.ipynb #c67291b5
 def _sample_lanes(cfg, grad, draw, st, lanes, m, rows: int):
     "Draw `m[k]` samples for each level `lanes[k]` (budget already granted), `rows` per level per chunk, side by side."
-    B = rows
-    at = jnp.minimum(lanes, st.n.shape[0] - 1)  # padding lanes read the last row; `_absorb` drops their writes
-    cost = st.cost[at]
+    B, K = rows, len(lanes)
+    at = jnp.minimum(lanes, st.n.shape[0] - 1)  # padding lanes read the last row; their writes are dropped
+    cost, x, x_below, perm = st.cost[at], st.x[at], st.x[jnp.maximum(at - 1, 0)], st.perm[at]
     def chunk(carry):
-        st, left = carry
+        acc, key, counter, _, left = carry
         b = jnp.minimum(left, B)
         mask = jnp.arange(B)[None, :] < b[:, None]
-        key, sub = jax.random.split(st.key)
-        thetas = jax.vmap(partial(draw, rows=B))(st.perm[at], st.n[at][:, None] + jnp.arange(B),
-                                                  jax.random.split(sub, len(lanes)))
+        key, sub = jax.random.split(key)
+        thetas = jax.vmap(partial(draw, rows=B))(perm, acc.n[:, None] + jnp.arange(B), jax.random.split(sub, K))
         if cfg.mesh is not None:  # the same samples, each device evaluating its share of the chunk's gradients
             split = NamedSharding(cfg.mesh, P(None, *rows_spec(cfg.mesh)))
             thetas = jax.tree.map(lambda t: lax.with_sharding_constraint(t, split), thetas)
-        g = jax.vmap(grad)(st.x[at], thetas)
-        g_prev = jnp.where((cost == 2)[:, None, None], jax.vmap(grad)(st.x[jnp.maximum(at - 1, 0)], thetas), 0.0)
+        g = jax.vmap(grad)(x, thetas)
+        g_prev = jnp.where((cost == 2)[:, None, None], jax.vmap(grad)(x_below, thetas), 0.0)
         bad = jnp.any(mask[:, :, None] & ~(jnp.isfinite(g) & jnp.isfinite(g_prev)))
-        st = _ended(st._replace(key=key, counter=st.counter + jnp.sum(b * cost)), 3, bad)
-        return _absorb(cfg, st, lanes, jnp.concatenate([g - g_prev, g], axis=2), mask & ~bad), left - b
-    return lax.while_loop(lambda c: jnp.any(c[1] > 0) & (c[0].reason != 3), chunk, (st, jnp.maximum(m, 0).astype(jnp.int64)))[0]
+        acc = _absorb(cfg, acc, jnp.concatenate([g - g_prev, g], axis=2), mask & ~bad)
+        return acc, key, counter + jnp.sum(b * cost), bad, left - b
+    width = st.shift.shape[1]
+    start = (_Lanes(st.n[at], st.shift[at], jnp.zeros((K, cfg.re_part + 1, width)), jnp.zeros((K, width))),
+             st.key, st.counter, st.reason == 3, jnp.maximum(m, 0).astype(jnp.int64))
+    # the loop carries only the lanes' sums: carrying the level arrays, XLA copied them at every chunk
+    acc, key, counter, bad, _ = lax.while_loop(lambda c: jnp.any(c[4] > 0) & ~c[3], chunk, start)
+    drop = dict(mode="drop")  # lanes past the capacity are padding
+    st = st._replace(key=key, counter=counter, n=st.n.at[lanes].set(acc.n, **drop), shift=st.shift.at[lanes].set(acc.shift, **drop),
+                     psum=st.psum.at[lanes].add(acc.psum, **drop), sq=st.sq.at[lanes].add(acc.sq, **drop))
+    return _ended(st, 3, bad)
 
 def _granted(cfg, st, levels, m):
     "What the budget grants each of `levels` in turn (the population caps a level at `N`); the state ends at the first cut."
