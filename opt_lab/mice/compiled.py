@@ -725,10 +725,12 @@ def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, step
     (st, x), (rows, traced) = lax.scan(step, (mice_init(cfg, key, max_cost), x0), None, length=steps)
     return x, rows, traced
 
-def _lockstep_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps):
-    "`_one_run`, one growth pass per tick: under `vmap`, no run waits at the end of each call for the slowest run's passes."
+# %% ../../nbs/31_mice_compiled.ipynb #14629825
+def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
+    "`_one_run` for every key, one growth pass per tick: no run waits at the end of each call for the slowest run's passes."
     draw = _draw_fn(cfg, sampler, data)
     keep = lambda run: run
+    more = lambda run: (run.calls < steps) & ((run.st.reason == 0) | run.in_call)
     def open_call(run):
         st, loop = _begin(cfg, run.st._replace(n_prev=run.st.n), run.x)
         return run._replace(st=st, loop=loop, in_call=jnp.asarray(True), start=run.st.counter)
@@ -739,35 +741,39 @@ def _lockstep_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size,
         st, est, row = _finish(cfg, run.st, run.x, run.start, run.loop)
         x = run.x - step_size * est
         return run._replace(st=st, x=x, in_call=jnp.asarray(False), calls=run.calls + 1), row, trace(x)
-    def tick(carry):
-        run, rows, traced = carry
-        run = lax.cond(run.in_call, keep, open_call, run)
+    def tick(run, rows, traced):
+        run = lax.cond(run.in_call | ~more(run), keep, open_call, run)
         run = lax.cond(_needs_pass(run.st, run.loop), one_pass, keep, run)
-        closing = ~_needs_pass(run.st, run.loop)
-        run, row, value = lax.cond(closing, close_call, lambda run: (run, rows_at(rows, run.calls), traced[run.calls]), run)
-        # the logs are written outside the branches, which would copy them
-        write = lambda buffer, value: lax.dynamic_update_index_in_dim(buffer, value, jnp.minimum(run.calls - closing, steps - 1), 0)
+        closing = run.in_call & ~_needs_pass(run.st, run.loop)
+        blank = (run, jax.tree.map(lambda buffer: jnp.zeros_like(buffer[0]), rows), jnp.zeros((), traced.dtype))
+        run, row, value = lax.cond(closing, close_call, lambda run: blank, run)
+        # written outside the branches (which would copy the logs), to a spare last row unless a call closed: no reads
+        write = lambda buffer, value: lax.dynamic_update_index_in_dim(buffer, value, jnp.where(closing, run.calls - 1, steps), 0)
         return run, jax.tree.map(write, rows, row), write(traced, value)
-    rows_at = lambda rows, i: jax.tree.map(lambda buffer: buffer[jnp.minimum(i, steps - 1)], rows)
-    st = mice_init(cfg, key, max_cost)
-    _, loop = _begin(cfg, st, x0)  # the carry's shapes
-    nan, blank = jnp.asarray(jnp.nan), jnp.zeros(steps)
-    rows = LogRow(jnp.zeros((steps, len(EVENTS)), jnp.int32), *(blank.astype(st.counter.dtype), blank.astype(st.size.dtype)),
-                  *(blank + nan,) * 5, blank.astype(st.reason.dtype))
-    start = (_Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), rows, blank + trace(x0))
-    more = lambda run: (run.calls < steps) & ((run.st.reason == 0) | run.in_call)
-    run, rows, traced = lax.while_loop(lambda carry: more(carry[0]), tick, start)
-    # after the run ended: idle rows, no events and the counters as they stand
-    idle = jnp.arange(steps) >= run.calls
-    rows = rows._replace(num_grads=jnp.where(idle, run.st.counter, rows.num_grads),
-                         hier_length=jnp.where(idle, run.st.size, rows.hier_length), reason=jnp.where(idle, run.st.reason, rows.reason))
-    return run.x, rows, jnp.where(idle, trace(run.x), traced)
+    def begin(key):
+        st = mice_init(cfg, key, max_cost)
+        _, loop = _begin(cfg, st, x0)  # the carry's shapes
+        nan, blank = jnp.asarray(jnp.nan), jnp.zeros(steps + 1)
+        rows = LogRow(jnp.zeros((steps + 1, len(EVENTS)), jnp.int32), blank.astype(st.counter.dtype),
+                      blank.astype(st.size.dtype), *(blank + nan,) * 5, blank.astype(st.reason.dtype))
+        return _Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), rows, blank + trace(x0)
+    def end(run, rows, traced):  # after a run ended: idle rows, no events and the counters as they stand
+        idle = jnp.arange(steps) >= run.calls
+        rows = jax.tree.map(lambda buffer: buffer[:steps], rows)
+        rows = rows._replace(num_grads=jnp.where(idle, run.st.counter, rows.num_grads), reason=jnp.where(idle, run.st.reason, rows.reason),
+                             hier_length=jnp.where(idle, run.st.size, rows.hier_length))
+        return run.x, rows, jnp.where(idle, trace(run.x), traced[:steps])
+    # the loop is outside the `vmap`: batched, a while loop selects its whole carry, logs included, at every tick
+    carry = lax.while_loop(lambda carry: jnp.any(jax.vmap(more)(carry[0])), lambda carry: jax.vmap(tick)(*carry),
+                           jax.vmap(begin)(keys))
+    return jax.vmap(end)(*carry)
 
 # %% ../../nbs/31_mice_compiled.ipynb #8be667ae
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 9), compiler_options=MICE_COMPILER_OPTIONS)
 def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
-    run = _one_run if keys.shape[0] == 1 else _lockstep_run  # alone, a scan over whole calls has less to carry
-    return jax.vmap(lambda key: run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps))(keys)
+    if keys.shape[0] > 1: return _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps)
+    # alone, a scan over whole calls has less to carry
+    return jax.vmap(lambda key: _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps))(keys)
 
 class MiceRuns(NamedTuple):
     "The result of `mice_runs`."
