@@ -530,7 +530,7 @@ def _pass(cfg, grad, draw, st, loop: _Pass):
             asked = jnp.where(changed, 0, growth_plan(cfg, st, top_up_targets(cfg, st, v, tol)))
             return st, ~changed & ~jnp.any(asked > 0), events, asked
         stop = should_stop(cfg, st, est, v)
-        st, done, events, asked = lax.cond(stop, lambda s: (_ended(s, 2), jnp.asarray(True), loop.events, loop.asked * 0), plan, st)
+        st, done, events, asked = lax.cond(stop, lambda s: (_ended(s, 2), jnp.asarray(True), loop.events, jnp.zeros_like(loop.asked)), plan, st)
         return st, _Pass(jnp.asarray(True), done, tol, norm, events, asked)
     return lax.cond(st.reason == 0, decide, lambda s: (s, loop._replace(planned=jnp.asarray(True))), st)
 
@@ -709,6 +709,11 @@ class _Run(NamedTuple):
     start: Any # evaluations spent when it opened
     calls: Any # calls finished
 
+def _idle_row(st):
+    "The log row of a step after the run has ended: no events, the counters as they stand."
+    nan = jnp.asarray(jnp.nan)
+    return LogRow(jnp.zeros(len(EVENTS), jnp.int32), st.counter, st.size, nan, nan, nan, nan, nan, st.reason)
+
 def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps):
     "`steps` SGD-MICE calls in a `lax.scan`, each a whole `mice_evaluate`."
     draw = _draw_fn(cfg, sampler, data)
@@ -717,10 +722,7 @@ def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, step
         def call(st):
             st, g, row = mice_evaluate(cfg, grad, draw, st, x)
             return (st, x - step_size * g), row
-        def idle(st):  # the run has ended: no events, the counters as they stand
-            nan = jnp.asarray(jnp.nan)
-            return (st, x), LogRow(jnp.zeros(len(EVENTS), jnp.int32), st.counter, st.size, nan, nan, nan, nan, nan, st.reason)
-        (st, x), row = lax.cond(st.reason == 0, call, idle, st)
+        (st, x), row = lax.cond(st.reason == 0, call, lambda st: ((st, x), _idle_row(st)), st)
         return (st, x), (row, trace(x))
     (st, x), (rows, traced) = lax.scan(step, (mice_init(cfg, key, max_cost), x0), None, length=steps)
     return x, rows, traced
@@ -757,12 +759,10 @@ def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_siz
         rows = LogRow(jnp.zeros((steps + 1, len(EVENTS)), jnp.int32), blank.astype(st.counter.dtype),
                       blank.astype(st.size.dtype), *(blank + nan,) * 5, blank.astype(st.reason.dtype))
         return _Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), rows, blank + trace(x0)
-    def end(run, rows, traced):  # after a run ended: idle rows, no events and the counters as they stand
+    def end(run, rows, traced):  # the steps after a run ended get idle rows
         idle = jnp.arange(steps) >= run.calls
-        rows = jax.tree.map(lambda buffer: buffer[:steps], rows)
-        rows = rows._replace(num_grads=jnp.where(idle, run.st.counter, rows.num_grads), reason=jnp.where(idle, run.st.reason, rows.reason),
-                             hier_length=jnp.where(idle, run.st.size, rows.hier_length))
-        return run.x, rows, jnp.where(idle, trace(run.x), traced[:steps])
+        fill = lambda buffer, value: jnp.where(idle.reshape((-1,) + (1,) * (buffer.ndim - 1)), value, buffer[:steps])
+        return run.x, jax.tree.map(fill, rows, _idle_row(run.st)), fill(traced, trace(run.x))
     # the loop is outside the `vmap`: batched, a while loop selects its whole carry, logs included, at every tick
     carry = lax.while_loop(lambda carry: jnp.any(jax.vmap(more)(carry[0])), lambda carry: jax.vmap(tick)(*carry),
                            jax.vmap(begin)(keys))
