@@ -234,6 +234,22 @@ def test_seed_reproduces_a_run_and_seeds_differ():
     assert not np.array_equal(runs[0], runs[2])
 
 
+def test_calls_consume_their_own_state_never_the_callers_arrays():
+    "The state is donated to each call; the caller's key and iterates survive, and NumPy and JAX iterates run alike."
+    key = jax.random.key(3)
+    runs = []
+    for as_array in (np.asarray, jnp.asarray):
+        est, x = CompiledMICE(quad_grad, uniform, max_cost=2000, seed=key), as_array(X0)
+        while not est.terminate:
+            before = np.array(x)
+            g = est(x)
+            np.testing.assert_array_equal(np.asarray(x), before)
+            x = as_array(np.asarray(x) - np.asarray(g) / QUAD["L"])
+        runs.append(np.asarray(x))
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(3)))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
 def test_log_has_the_numpy_estimators_columns_and_events():
     est = CompiledMICE(quad_grad, uniform, max_cost=5000, seed=0, policy=DropRestartClipPolicy(restart_param=0.5))
     drive(est, X0, 1 / QUAD["L"])

@@ -573,7 +573,9 @@ def _draw_fn(cfg, sampler, data):
 # XLA's own loops are faster (600 steps of the paper quadratic: 94 -> 65 ms), so MICE's programs are compiled without them
 MICE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
-@partial(jax.jit, static_argnums=(0, 1, 2), compiler_options=MICE_COMPILER_OPTIONS)
+# the state is donated: the call updates its level arrays in place, where a copy of every array it writes would cost
+# as much as the call itself for a large iterate; the state passed in is invalid afterwards
+@partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
 def _evaluate_compiled(cfg, grad, sampler, st, x, data):
     return mice_evaluate(cfg, grad, _draw_fn(cfg, sampler, data), st, x)
 
@@ -639,17 +641,18 @@ class CompiledMICE:
         _config(1, self.data_size, rows, capacity, grad, sampler if data is None else None, options, mesh)  # fail early
         self._key = as_key(seed)
         self.cfg = self.state = self._unflatten = None
+        self._size = self._reason = 0  # the hierarchy's size and `REASONS` index after the last call, read once per call
         self.capacity_log: list[tuple[int, int]] = [] # `(call, capacity)` whenever the level arrays were doubled
         self._log_rows: list[LogRow] = []
 
     @property
     def terminate(self) -> bool:
         "Whether the run has ended (budget, stopping rule, a non-finite gradient, a zero gradient)."
-        return self.state is not None and int(self.state.reason) != 0
+        return self._reason != 0
     @property
     def terminate_reason(self) -> str | None:
         "Why the run ended, one of `REASONS`; `None` while it runs."
-        return None if self.state is None else REASONS[int(self.state.reason)]
+        return REASONS[self._reason]
     @property
     def counter(self) -> int:
         "Gradient evaluations spent so far."
@@ -670,9 +673,13 @@ def _start(self, x):
     "Fix the iterate's structure and build the configuration and the empty state."
     flat, self._unflatten = ravel_pytree(x)
     if flat.size == 0: raise ValueError("x must have at least one entry, got an empty array")
+    # a single array travels as it is, reshaped on the host: ravelling and unravelling it through JAX are two eager
+    # dispatches per call, several times the cost of a small problem's whole compiled call
+    self._shape = np.shape(x) if isinstance(x, (np.ndarray, jax.Array, float, int)) else None
     self.cfg = _config(flat.size, self.data_size, self._rows, self._capacity, self.grad, self.sampler, self._options, self._mesh)
     if self._host_data is not None: self._data = jnp.asarray(self._host_data, jnp.float64)
-    self.state = mice_init(self.cfg, self._key, self._options.get("max_cost", math.inf))
+    # a copy of the key: calls consume (donate) the state, which must not take the caller's key with it
+    self.state = mice_init(self.cfg, jnp.copy(self._key), self._options.get("max_cost", math.inf))
 
 @patch_to(CompiledMICE)
 def evaluate(self, x, # the current iterate: an array or a pytree of arrays
@@ -683,18 +690,31 @@ def evaluate(self, x, # the current iterate: an array or a pytree of arrays
         if self.terminate:
             raise RuntimeError(f"this MICE run has ended ({self.terminate_reason}); check `terminate` before calling, "
                                "or build a new estimator")
-        flat = jnp.asarray(ravel_pytree(x)[0], jnp.float64)
-        if flat.shape != (self.cfg.dim,): raise ValueError(f"x must keep the size of the first call ({self.cfg.dim}), got {flat.shape}")
-        if not bool(jnp.isfinite(flat).all()): raise ValueError(f"x has non-finite entries: {int((~jnp.isfinite(flat)).sum())} of {flat.size}")
-        size = int(self.state.size)
-        if size + 1 > self.cfg.capacity and size + 1 <= self.cfg.max_hierarchy_size:
+        flat = self._flat(x)
+        if self._size + 1 > self.cfg.capacity and self._size + 1 <= self.cfg.max_hierarchy_size:
             capacity = 2 * self.cfg.capacity
             self.cfg, self.state = self.cfg._replace(capacity=capacity), grow_capacity(self.state, capacity)
             self.capacity_log.append((self.k, capacity))
         self.state, est, row = _evaluate_compiled(self.cfg, self.grad, self.sampler, self.state, flat, self._data)
         self._log_rows.append(row)
-        if int(self.state.reason) == 3: warnings.warn("MICE stopped: nonfinite_gradient", RuntimeWarning, stacklevel=2)
-        return self._unflatten(est)
+        # one read of the call's outcome; `terminate` and the next call's capacity check use it without a device round trip
+        self._size, self._reason = (int(a) for a in jax.device_get((row.hier_length, row.reason)))
+        if self._reason == 3: warnings.warn("MICE stopped: nonfinite_gradient", RuntimeWarning, stacklevel=2)
+        if self._shape is None: return self._unflatten(est)
+        return est if est.shape == self._shape else est.reshape(self._shape)
+
+@patch_to(CompiledMICE)
+def _flat(self, x):
+    "`x` as a flat float64 vector, checked: size as on the first call, finite; a NumPy array stays on the host."
+    if self._shape is not None and isinstance(x, np.ndarray | float | int):
+        flat = np.asarray(x, np.float64).ravel()
+        finite = np.isfinite(flat)
+    else:
+        flat = jnp.asarray(ravel_pytree(x)[0], jnp.float64)
+        finite = np.asarray(jnp.isfinite(flat))
+    if flat.shape != (self.cfg.dim,): raise ValueError(f"x must keep the size of the first call ({self.cfg.dim}), got {flat.shape}")
+    if not finite.all(): raise ValueError(f"x has non-finite entries: {int((~finite).sum())} of {flat.size}")
+    return flat
 
 CompiledMICE.__call__ = CompiledMICE.evaluate  # `est(x)` is `est.evaluate(x)`
 
