@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 from opt_lab.mice import MICE, DropRestartClipPolicy, EVENTS, LOG_COLUMNS, CompiledMICE, mice_runs, optimal_sample_sizes
 from opt_lab.mice.compiled import (FEISTEL_ROUNDS, MiceConfig, MiceState, apply_policy, constrained_sizes, feistel_permute,
-                                   keep_smallest, kept_for_quantile, quantile_from_kept, summaries, top_up_targets, try_drop, _config)
+                                   keep_smallest, kept_for_quantile, quantile_from_kept, should_stop, summaries, top_up_targets,
+                                   try_drop, _config)
 from opt_lab.book.mice_quadratic import random_quadratic, run_mice
 
 QUAD = random_quadratic()
@@ -88,6 +89,7 @@ def test_quantile_from_the_kept_order_statistics_is_numpys(count, q):
 # -- the same decisions as MICE on the same statistics --------------------------------------------------
 compiled = lambda f: jax.jit(f, static_argnums=0)  # one program per configuration, as inside the estimator
 SUMMARIES, TARGETS, POLICY, DROP = compiled(summaries), compiled(top_up_targets), compiled(apply_policy), compiled(try_drop)
+STOP = compiled(should_stop)
 
 def state_from(est, cfg):
     "A compiled state holding exactly the NumPy estimator's hierarchy."
@@ -114,7 +116,7 @@ def test_decisions_match_the_numpy_estimator(case):
     est = MICE(grad, sampler, max_cost=15_000, seed=1, **options)
     population = None if callable(sampler) else len(sampler)
     cfg = _config(2, population, 64, 32, grad, sampler, options)
-    x, checked = np.array([3.0, -2.0]) if population else QUAD["x0"].copy(), dict(drop=0, sizes=0, policy=0)
+    x, checked = np.array([3.0, -2.0]) if population else QUAD["x0"].copy(), dict(drop=0, sizes=0, policy=0, stop=0)
     step = 0.5 if population else 1 / QUAD["L"]
     while not est.terminate and est.k < 120:
         if est._stack is not None and est._stack.size >= 2 and est._stack.size + 1 < 32:
@@ -145,6 +147,13 @@ def test_decisions_match_the_numpy_estimator(case):
                     assert (bool(restart), bool(clip)) == ("restart" in events, "clip" in events)
                     assert int(new.size) == numpy_est._stack.size
                     checked["policy"] += 1
+            estimate = est._stack.estimate()
+            for scale in (0.5, 1.5, 4.0, 50.0):  # thresholds on the squared norm around the bound
+                numpy_est = copy.deepcopy(est)
+                numpy_est.stop_crit_norm = scale * float(estimate @ estimate)
+                stop = STOP(cfg._replace(stop_crit_norm=numpy_est.stop_crit_norm), st, jnp.asarray(estimate), v)
+                assert bool(stop) == numpy_est._should_stop(estimate)
+                checked["stop"] += 1
         x = x - step * g
     assert min(checked.values()) > 5, checked
 

@@ -54,7 +54,9 @@ def logistic_grad(w, rows):
 
 def logistic_loss(data):
     "`F(w)` of the data set, as a JAX function (for `trace=` and the SVRG baseline)."
-    X, y = jnp.asarray(data[:, :-1], jnp.float64), jnp.asarray(data[:, -1], jnp.float64)
+    # NumPy float64 constants: they enter the program at its precision, float64 inside the estimators' calls; a JAX
+    # array made here, outside them, would be cut to float32 (and the traced gap with it)
+    X, y = np.asarray(data[:, :-1], np.float64), np.asarray(data[:, -1], np.float64)
     return lambda w: jnp.mean(jnp.logaddexp(0, -y * (X @ w))) + LOGISTIC_LAMBDA / 2 * w @ w
 
 # %% ../../nbs/32_mice_compiled_bench.ipynb #03db17e3
@@ -214,7 +216,7 @@ def _scaling_rows(dims, sizes, report):
     for d in dims:
         for L in sizes:
             capacity = 1 << L.bit_length()
-            cfg = _config(d, None, 64, capacity, separable_grad, uniform_thetas, dict(policy=DropRestartClipPolicy(max_hierarchy_size=10**6)))
+            cfg = _config(d, None, None, capacity, separable_grad, uniform_thetas, dict(policy=DropRestartClipPolicy(max_hierarchy_size=10**6)))
             with jax.enable_x64(True):
                 st = _hierarchy(cfg, L, jax.random.key(0))
                 st = st._replace(budget=st.counter + 20_000)  # a budget: the timed call cannot run away

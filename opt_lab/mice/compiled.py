@@ -23,12 +23,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ..sharding import data_mesh, rows_spec
 
 # %% auto #0
-__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUNK', 'MICE_COMPILER_OPTIONS', 'feistel_permute',
-           'MiceConfig', 'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes', 'error_model', 'plan_cost',
-           'summaries', 'estimate_of', 'keep_smallest', 'kept_for_quantile', 'quantile_from_kept', 'tolerance',
-           'should_stop', 'keep_from', 'try_drop', 'try_restart', 'clip_candidate', 'try_clip', 'apply_policy',
-           'top_up_targets', 'growth_plan', 'grow_levels', 'LogRow', 'mice_evaluate', 'log_frame', 'CompiledMICE',
-           'MiceRuns', 'mice_runs']
+__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUNK', 'CHUNK_ENTRIES', 'MICE_COMPILER_OPTIONS',
+           'feistel_permute', 'MiceConfig', 'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes',
+           'error_model', 'plan_cost', 'summaries', 'estimate_of', 'keep_smallest', 'kept_for_quantile',
+           'quantile_from_kept', 'tolerance', 'should_stop', 'keep_from', 'try_drop', 'try_restart', 'clip_candidate',
+           'try_clip', 'apply_policy', 'top_up_targets', 'growth_plan', 'grow_levels', 'LogRow', 'mice_evaluate',
+           'default_rows', 'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
 
 # %% ../../nbs/31_mice_compiled.ipynb #bf29ef9e
 FEISTEL_ROUNDS = 6 # rounds of the network: each level holds this many `uint32` round keys
@@ -561,6 +561,17 @@ def mice_evaluate(cfg: MiceConfig, grad, draw, st: MiceState, x):
     st, loop = lax.while_loop(lambda c: _needs_pass(*c), lambda c: _pass(cfg, grad, draw, *c), (st, loop))
     return _finish(cfg, st, x, start, loop)
 
+# %% ../../nbs/31_mice_compiled.ipynb #2e6068fb
+CHUNK_ENTRIES = 4096 # gradient entries a chunk holds when `rows` is left to the estimator
+
+def default_rows(dim: int, # length of the flat iterate
+                 devices: int=1, # devices of the mesh the chunks are split over
+                ) -> int: # samples per chunk
+    "`rows` chosen from the dimension: the power of two nearest `CHUNK_ENTRIES / dim`, between 16 and 128, a multiple of 4 x `devices`."
+    rows = min(max(2 ** round(math.log2(CHUNK_ENTRIES / dim)), 16), 128)
+    step = 4 * devices  # levels grown side by side take rows // 4 each, split evenly over the devices
+    return -(-rows // step) * step
+
 # %% ../../nbs/31_mice_compiled.ipynb #9458f6ba
 def _draw_fn(cfg, sampler, data):
     "`(round_keys, positions, key, rows) -> thetas`: rows `π(j)` of the data, or a chunk from the user's sampler."
@@ -582,6 +593,7 @@ def _evaluate_compiled(cfg, grad, sampler, st, x, data):
 def _config(dim, population, rows, capacity, grad, sampler, options, mesh=None) -> MiceConfig:
     "The static configuration, with every option checked by `MICE`'s constructor."
     mesh = data_mesh(None, mesh)
+    if rows is None: rows = default_rows(dim, 1 if mesh is None else mesh.size)
     if mesh is not None and check_int("rows", rows, minimum=1) % (4 * mesh.size):
         raise ValueError(f"rows must be a multiple of 4 x the mesh's {mesh.size} devices (levels grown side by side take "
                          f"rows // 4 samples per chunk, split evenly over the devices), got {rows}")
@@ -627,7 +639,7 @@ class CompiledMICE:
     "MICE as one XLA program per call, for a JAX-traceable `grad(x, thetas)` and sampler: `MICE`'s options, log and stopping."
     def __init__(self, grad, # `grad(x, thetas) -> (m, d)`, traceable by JAX (`x` has the structure of the iterate)
                  sampler, # an array of data rows (a finite sum) or `sampler(key, n) -> batch` (an expectation)
-                 rows: int=64, # samples drawn per chunk (a static shape: unused rows cost compute, not budget)
+                 rows: int | None=None, # samples drawn per chunk (a static shape: unused rows cost compute, not budget); `None`: `default_rows`
                  capacity: int=16, # levels the arrays hold at first; doubled when the hierarchy outgrows them
                  seed=0, # an `int` or a JAX key
                  mesh: Mesh | None=None, # split each chunk's gradient evaluations over this device mesh (`rows` a multiple of 4 x its size)
@@ -814,7 +826,7 @@ def mice_runs(grad, # `grad(x, thetas) -> (m, d)`, traceable by JAX, on the flat
               steps: int, # calls per run (a run that ends earlier idles)
               seeds, # an `int` (that many runs, keys split from key 0) or a batch of JAX keys
               trace=_no_trace, # `trace(x) -> scalar` recorded after every step (hashable: a module-level function)
-              rows: int=64, # samples drawn per chunk
+              rows: int | None=None, # samples drawn per chunk; `None`: `default_rows`
               capacity: int=16, # levels the arrays hold; doubled and recompiled if any run outgrows it
               **options, # `MICE`'s options
              ) -> MiceRuns:
