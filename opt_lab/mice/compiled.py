@@ -804,8 +804,10 @@ def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_siz
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 9), compiler_options=MICE_COMPILER_OPTIONS)
 def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
     if keys.shape[0] > 1: return _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps)
-    # alone, a scan over whole calls has less to carry
-    return jax.vmap(lambda key: _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps))(keys)
+    # alone, a scan over whole calls has less to carry; it runs unbatched (a batch of one would turn every branch into
+    # both branches and a select, and every while loop into one that selects its carry: twice the time per call)
+    alone = _one_run(cfg, grad, sampler, trace, data, keys[0], max_cost, x0, step_size, steps)
+    return jax.tree_util.tree_map(lambda a: a[None], alone)
 
 class MiceRuns(NamedTuple):
     "The result of `mice_runs`."
