@@ -255,6 +255,7 @@ def test_calls_consume_their_own_state_never_the_callers_arrays():
             np.testing.assert_array_equal(np.asarray(x), before)
             x = as_array(np.asarray(x) - np.asarray(g) / QUAD["L"])
         runs.append(np.asarray(x))
+        assert (est.counter, est.k) == (int(est.state.counter), int(est.state.k))  # the cached reads are the state's
     np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(3)))
     np.testing.assert_array_equal(runs[0], runs[1])
 

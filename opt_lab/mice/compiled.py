@@ -653,7 +653,8 @@ class CompiledMICE:
         _config(1, self.data_size, rows, capacity, grad, sampler if data is None else None, options, mesh)  # fail early
         self._key = as_key(seed)
         self.cfg = self.state = self._unflatten = None
-        self._size = self._reason = 0  # the hierarchy's size and `REASONS` index after the last call, read once per call
+        # the hierarchy's size, the `REASONS` index and the evaluations spent after the last call, read once per call
+        self._size = self._reason = self._counter = 0
         self.capacity_log: list[tuple[int, int]] = [] # `(call, capacity)` whenever the level arrays were doubled
         self._log_rows: list[LogRow] = []
 
@@ -668,11 +669,11 @@ class CompiledMICE:
     @property
     def counter(self) -> int:
         "Gradient evaluations spent so far."
-        return 0 if self.state is None else int(self.state.counter)
+        return self._counter
     @property
     def k(self) -> int:
         "Calls so far."
-        return 0 if self.state is None else int(self.state.k)
+        return len(self._log_rows)
 
     def get_log(self) -> pd.DataFrame:
         "The event log as a DataFrame (one row per event), as `MICE.get_log`."
@@ -710,7 +711,7 @@ def evaluate(self, x, # the current iterate: an array or a pytree of arrays
         self.state, est, row = _evaluate_compiled(self.cfg, self.grad, self.sampler, self.state, flat, self._data)
         self._log_rows.append(row)
         # one read of the call's outcome; `terminate` and the next call's capacity check use it without a device round trip
-        self._size, self._reason = (int(a) for a in jax.device_get((row.hier_length, row.reason)))
+        self._size, self._reason, self._counter = (int(a) for a in jax.device_get((row.hier_length, row.reason, row.num_grads)))
         if self._reason == 3: warnings.warn("MICE stopped: nonfinite_gradient", RuntimeWarning, stacklevel=2)
         if self._shape is None: return self._unflatten(est)
         return est if est.shape == self._shape else est.reshape(self._shape)
