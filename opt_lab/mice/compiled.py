@@ -584,8 +584,8 @@ def _draw_fn(cfg, sampler, data):
 # XLA's own loops are faster (600 steps of the paper quadratic: 94 -> 65 ms), so MICE's programs are compiled without them
 MICE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
-# the state is donated: the call updates its level arrays in place, where a copy of every array it writes would cost
-# as much as the call itself for a large iterate; the state passed in is invalid afterwards
+# the state is donated: the call writes its level arrays in place instead of into new buffers (on the paper quadratic
+# driven from Python, 0.35 -> 0.31 ms per call); the state passed in is invalid afterwards
 @partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
 def _evaluate_compiled(cfg, grad, sampler, st, x, data):
     return mice_evaluate(cfg, grad, _draw_fn(cfg, sampler, data), st, x)
