@@ -237,6 +237,26 @@ def test_capacity_doubles_when_the_hierarchy_outgrows_it():
     assert est.get_log().hier_length.max() > 2
 
 
+def test_a_run_does_not_depend_on_the_capacity():
+    "Calls run on the fewest rows that hold the hierarchy (`row_buckets`); rows past it change nothing but rounding."
+    options = dict(max_cost=40_000, eps=0.3, restart_factor=100, policy=DropRestartClipPolicy(drop_param=0.0))
+    # 32 rows: calls on 16 rows, then on 32; 128 rows: every call on 32
+    runs = [mice_runs(quad_grad, uniform, X0, 0.3 / QUAD["L"], 900, 1, trace=quad_gap, capacity=c, **options) for c in (32, 128)]
+    assert int(runs[0].rows.hier_length.max()) + 1 > 16 and runs[0].capacity == 32
+    for field in ("num_grads", "hier_length", "events", "reason"):
+        np.testing.assert_array_equal(np.asarray(getattr(runs[0].rows, field)), np.asarray(getattr(runs[1].rows, field)))
+    np.testing.assert_allclose(np.asarray(runs[0].traced), np.asarray(runs[1].traced), rtol=1e-9, atol=1e-15)
+    # driven from Python, the host picks the rows: 32 rows (calls on 16, then 32) against 128 (every call on 32)
+    ends, logs = [], []
+    for capacity in (32, 128):
+        est = CompiledMICE(quad_grad, uniform, capacity=capacity, seed=0, **options)
+        ends.append(drive(est, X0, 0.3 / QUAD["L"], calls=900)[0])
+        logs.append(est.get_log().groupby("iteration")[["num_grads", "hier_length"]].last().to_numpy())
+    assert logs[0][:, 1].max() + 1 > 16
+    np.testing.assert_array_equal(logs[0], logs[1])
+    np.testing.assert_allclose(ends[0], ends[1], rtol=1e-9, atol=1e-15)
+
+
 def test_seed_reproduces_a_run_and_seeds_differ():
     runs = [drive(CompiledMICE(quad_grad, uniform, max_cost=3000, seed=s), X0, 1 / QUAD["L"])[0] for s in (0, 0, 1)]
     np.testing.assert_array_equal(runs[0], runs[1])

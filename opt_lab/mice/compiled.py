@@ -23,12 +23,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ..sharding import data_mesh, rows_spec
 
 # %% auto #0
-__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUNK', 'CHUNK_ENTRIES', 'MICE_COMPILER_OPTIONS',
-           'feistel_permute', 'MiceConfig', 'MiceState', 'mice_init', 'grow_capacity', 'constrained_sizes',
-           'error_model', 'plan_cost', 'summaries', 'estimate_of', 'keep_smallest', 'kept_for_quantile',
-           'quantile_from_kept', 'tolerance', 'should_stop', 'keep_from', 'try_drop', 'try_restart', 'clip_candidate',
-           'try_clip', 'apply_policy', 'top_up_targets', 'growth_plan', 'grow_levels', 'LogRow', 'mice_evaluate',
-           'default_rows', 'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
+__all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUNK', 'SMALLEST_BUCKET', 'CHUNK_ENTRIES',
+           'MICE_COMPILER_OPTIONS', 'feistel_permute', 'MiceConfig', 'MiceState', 'mice_init', 'grow_capacity',
+           'constrained_sizes', 'error_model', 'plan_cost', 'summaries', 'estimate_of', 'keep_smallest',
+           'kept_for_quantile', 'quantile_from_kept', 'tolerance', 'should_stop', 'keep_from', 'try_drop',
+           'try_restart', 'clip_candidate', 'try_clip', 'apply_policy', 'top_up_targets', 'growth_plan', 'grow_levels',
+           'LogRow', 'mice_evaluate', 'row_buckets', 'bucket_index', 'head_rows', 'put_head', 'default_rows',
+           'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
 
 # %% ../../nbs/31_mice_compiled.ipynb #bf29ef9e
 FEISTEL_ROUNDS = 6 # rounds of the network: each level holds this many `uint32` round keys
@@ -56,8 +57,10 @@ def feistel_permute(round_keys, # `FEISTEL_ROUNDS` uint32 keys: the permutation
         for r in range(FEISTEL_ROUNDS):
             left, right = right, left ^ (_mix32(right ^ round_keys[r]) & mask)
         return (left << half) | right
-    v = network(jnp.asarray(idx, jnp.uint32))
-    return lax.while_loop(lambda v: jnp.any(v >= n), lambda v: jnp.where(v >= n, network(v), v), v)
+    def walk(v):  # four steps per iteration (a value in range stays put): the loop's test and launch run a quarter as often
+        for _ in range(4): v = jnp.where(v >= n, network(v), v)
+        return v
+    return lax.while_loop(lambda v: jnp.any(v >= n), walk, network(jnp.asarray(idx, jnp.uint32)))
 
 # %% ../../nbs/31_mice_compiled.ipynb #f6948561
 class MiceConfig(NamedTuple):
@@ -253,8 +256,9 @@ def _sample_lanes(cfg, grad, draw, st, lanes, m, rows: int):
         acc, key, counter, _, left = carry
         b = jnp.minimum(left, B)
         mask = jnp.arange(B)[None, :] < b[:, None]
-        key, sub = jax.random.split(key)
-        thetas = jax.vmap(partial(draw, rows=B))(perm, acc.n[:, None] + jnp.arange(B), jax.random.split(sub, K))
+        if cfg.population is None: key, sub = jax.random.split(key); lane_keys = jax.random.split(sub, K)
+        else: lane_keys = None  # a finite sum's samples come from the levels' permutations: no key to spend
+        thetas = jax.vmap(partial(draw, rows=B))(perm, acc.n[:, None] + jnp.arange(B), lane_keys)
         if cfg.mesh is not None:  # the same samples, each device evaluating its share of the chunk's gradients
             split = NamedSharding(cfg.mesh, P(None, *rows_spec(cfg.mesh)))
             thetas = jax.tree.map(lambda t: lax.with_sharding_constraint(t, split), thetas)
@@ -326,21 +330,25 @@ def tolerance(cfg: MiceConfig, st: MiceState, est, dev):
         n = jnp.minimum(jnp.minimum(jnp.maximum(n, cfg.re_min_n), cfg.re_max_samp), P ** jnp.minimum(L, 12))
         live = _live(st)
         sign = -1.0 if cfg.re_quantile > 0.5 else 1.0  # above the median, the largest norms are kept (negated)
+        key, sub = jax.random.split(st.key)
+        seed = jax.random.key_data(sub).astype(jnp.uint32).ravel()
+        # each level's own word: its picks do not depend on the capacity, nor on the bucket a call runs on
+        level_word = _mix32(jnp.arange(C, dtype=jnp.uint32) ^ seed[0])
         def block(carry):
-            kept, done, key = carry
-            key, sub = jax.random.split(key)
-            # floor(P u) rather than randint, whose unbiased rejection costs more than the whole resampling
-            picks = jnp.minimum(jnp.floor(P * jax.random.uniform(sub, (R, C))), P - 1)
-            chosen = (picks[:, :, None] == jnp.arange(P)) & live[None, :, None]
+            kept, done = carry
+            # a counter-based hash of (level, draw): threefry, rolled into a loop on CPU, cost most of the resampling
+            bits = _mix32(level_word[None, :] ^ _mix32((done + jnp.arange(R)).astype(jnp.uint32) + seed[1])[:, None])
+            picks = ((bits >> 8) * jnp.uint32(P)) >> 24  # floor(P u) for u, the top 24 bits
+            chosen = (picks[:, :, None] == jnp.arange(P, dtype=jnp.uint32)) & live[None, :, None]
             if chosen.size * dev.shape[2] <= SMALL_PRODUCT: picked = jnp.where(chosen[..., None], dev[None], 0.0).sum((1, 2))
             else: picked = jnp.einsum("rcp,cpd->rd", chosen.astype(dev.dtype), dev)
             samples = est + picked
             norms = jnp.where(done + jnp.arange(R) < n, sign * jnp.sqrt((samples * samples).sum(1)), jnp.inf)
-            return keep_smallest(kept, norms), done + R, key
+            return keep_smallest(kept, norms), done + R
         # the estimate's own norm joins the resampled ones
         start = (jnp.full(kept_for_quantile(cfg.re_quantile, cfg.re_max_samp + 1), jnp.inf).at[0].set(sign * plain),
-                 jnp.asarray(0, jnp.int64), st.key)
-        kept, _, key = lax.while_loop(lambda c: c[1] < n, block, start)
+                 jnp.asarray(0, jnp.int64))
+        kept, _ = lax.while_loop(lambda c: c[1] < n, block, start)
         norm = quantile_from_kept(kept, n + 1, cfg.re_quantile)
         st = st._replace(key=key)
     if cfg.convex:
@@ -561,6 +569,29 @@ def mice_evaluate(cfg: MiceConfig, grad, draw, st: MiceState, x):
     st, loop = lax.while_loop(lambda c: _needs_pass(*c), lambda c: _pass(cfg, grad, draw, *c), (st, loop))
     return _finish(cfg, st, x, start, loop)
 
+# %% ../../nbs/31_mice_compiled.ipynb #4452b122
+SMALLEST_BUCKET = 16 # fewest level rows a call runs on
+
+def row_buckets(capacity: int, # level rows the state holds
+               ) -> tuple[int, ...]: # the row counts a call may run on, ascending
+    "The capacity, its half and its quarter, none below `SMALLEST_BUCKET` rows."
+    return tuple(sorted({rows for rows in (capacity // 4, capacity // 2) if rows >= SMALLEST_BUCKET} | {capacity}))
+
+def bucket_index(size, # live levels (an `int` or a traced scalar)
+                 buckets: tuple[int, ...], # `row_buckets(capacity)`
+                ): # index of the fewest rows that hold `size` levels and a new one (the last if none does)
+    "Which of `buckets` the next call runs on."
+    return sum(size + 1 > rows for rows in buckets[:-1])
+
+def head_rows(st: MiceState, rows: int) -> MiceState:
+    "The state cut to its first `rows` level rows."
+    return st._replace(**{f: getattr(st, f)[:rows] for f in _LEVEL_FIELDS})
+
+def put_head(st: MiceState, head: MiceState) -> MiceState:
+    "`head` (from `head_rows`) with the rows past it taken from `st`."
+    rows = head.n.shape[0]
+    return head._replace(**{f: getattr(st, f).at[:rows].set(getattr(head, f)) for f in _LEVEL_FIELDS})
+
 # %% ../../nbs/31_mice_compiled.ipynb #2e6068fb
 CHUNK_ENTRIES = 4096 # gradient entries a chunk holds when `rows` is left to the estimator
 
@@ -586,9 +617,13 @@ MICE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 # the state is donated: the call writes its level arrays in place instead of into new buffers (on the paper quadratic
 # driven from Python, 0.35 -> 0.31 ms per call); the state passed in is invalid afterwards
-@partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
-def _evaluate_compiled(cfg, grad, sampler, st, x, data):
-    return mice_evaluate(cfg, grad, _draw_fn(cfg, sampler, data), st, x)
+@partial(jax.jit, static_argnums=(0, 1, 2), static_argnames="rows", donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
+def _evaluate_compiled(cfg, grad, sampler, st, x, data, rows=None):
+    "`mice_evaluate` on the first `rows` level rows (`None`: all of them)."
+    draw = _draw_fn(cfg, sampler, data)
+    if rows is None or rows == cfg.capacity: return mice_evaluate(cfg, grad, draw, st, x)
+    head, est, row = mice_evaluate(cfg._replace(capacity=rows), grad, draw, head_rows(st, rows), x)
+    return put_head(st, head), est, row
 
 def _config(dim, population, rows, capacity, grad, sampler, options, mesh=None) -> MiceConfig:
     "The static configuration, with every option checked by `MICE`'s constructor."
@@ -708,7 +743,9 @@ def evaluate(self, x, # the current iterate: an array or a pytree of arrays
             capacity = 2 * self.cfg.capacity
             self.cfg, self.state = self.cfg._replace(capacity=capacity), grow_capacity(self.state, capacity)
             self.capacity_log.append((self.k, capacity))
-        self.state, est, row = _evaluate_compiled(self.cfg, self.grad, self.sampler, self.state, flat, self._data)
+        buckets = row_buckets(self.cfg.capacity)  # chosen here, each bucket its own program: no branch in the program
+        self.state, est, row = _evaluate_compiled(self.cfg, self.grad, self.sampler, self.state, flat, self._data,
+                                                  rows=buckets[bucket_index(self._size, buckets)])
         self._log_rows.append(row)
         # one read of the call's outcome; `terminate` and the next call's capacity check use it without a device round trip
         self._size, self._reason, self._counter = (int(a) for a in jax.device_get((row.hier_length, row.reason, row.num_grads)))
@@ -747,18 +784,37 @@ def _idle_row(st):
     nan = jnp.asarray(jnp.nan)
     return LogRow(jnp.zeros(len(EVENTS), jnp.int32), st.counter, st.size, nan, nan, nan, nan, nan, st.reason)
 
+def _after_end(calls, steps: int):
+    "`fill(buffer, value)`: the buffer's first `steps` rows, with `value` in those after the run's `calls` (it ended: the steps idle)."
+    idle = jnp.arange(steps) >= calls
+    return lambda buffer, value: jnp.where(idle.reshape((-1,) + (1,) * (buffer.ndim - 1)), value, buffer[:steps])
+
 def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, steps):
-    "`steps` SGD-MICE calls in a `lax.scan`, each a whole `mice_evaluate`."
-    draw = _draw_fn(cfg, sampler, data)
-    def step(carry, _):
-        st, x = carry
-        def call(st):
-            st, g, row = mice_evaluate(cfg, grad, draw, st, x)
-            return (st, x - step_size * g), row
-        (st, x), row = lax.cond(st.reason == 0, call, lambda st: ((st, x), _idle_row(st)), st)
-        return (st, x), (row, trace(x))
-    (st, x), (rows, traced) = lax.scan(step, (mice_init(cfg, key, max_cost), x0), None, length=steps)
-    return x, rows, traced
+    "`steps` SGD-MICE calls, each a whole `mice_evaluate`, in segments that run on the fewest `row_buckets` holding the hierarchy."
+    draw, buckets, st = _draw_fn(cfg, sampler, data), row_buckets(cfg.capacity), mice_init(cfg, key, max_cost)
+    going = lambda st, t: (t < steps) & (st.reason == 0)
+    def segment(i):  # calls while the hierarchy keeps to bucket i: the level arrays are cut and put back once per segment
+        rows, whole = buckets[i], buckets[i] == cfg.capacity
+        def call(carry):
+            head, x, t, log, traced = carry
+            head, g, row = mice_evaluate(cfg._replace(capacity=rows), grad, draw, head, x)
+            x = x - step_size * g
+            return head, x, t + 1, jax.tree.map(lambda buffer, value: buffer.at[t].set(value), log, row), traced.at[t].set(trace(x))
+        def run(carry):
+            st, *rest = carry
+            stays = lambda c: going(c[0], c[2]) & (bucket_index(c[0].size, buckets) == i)
+            head, *rest = lax.while_loop(stays, call, (st if whole else head_rows(st, rows), *rest))
+            return (head if whole else put_head(st, head), *rest)
+        return run
+    log = jax.tree.map(lambda s: jnp.zeros((steps,) + s.shape, s.dtype), jax.eval_shape(lambda st: mice_evaluate(cfg, grad, draw, st, x0)[2], st))
+    carry = (st, x0, jnp.asarray(0), log, jnp.zeros(steps, jax.eval_shape(trace, x0).dtype))
+    segments = [segment(i) for i in range(len(buckets))]
+    if len(buckets) == 1: carry = segments[0](carry)
+    else:  # a switch copies what it carries, so it is taken once per segment, not once per call
+        carry = lax.while_loop(lambda c: going(c[0], c[2]), lambda c: lax.switch(bucket_index(c[0].size, buckets), segments, c), carry)
+    st, x, calls, log, traced = carry
+    fill = _after_end(calls, steps)
+    return x, jax.tree.map(fill, log, _idle_row(st)), fill(traced, trace(x))
 
 # %% ../../nbs/31_mice_compiled.ipynb #14629825
 def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
@@ -792,9 +848,8 @@ def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_siz
         rows = LogRow(jnp.zeros((steps + 1, len(EVENTS)), jnp.int32), blank.astype(st.counter.dtype),
                       blank.astype(st.size.dtype), *(blank + nan,) * 5, blank.astype(st.reason.dtype))
         return _Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), rows, blank + trace(x0)
-    def end(run, rows, traced):  # the steps after a run ended get idle rows
-        idle = jnp.arange(steps) >= run.calls
-        fill = lambda buffer, value: jnp.where(idle.reshape((-1,) + (1,) * (buffer.ndim - 1)), value, buffer[:steps])
+    def end(run, rows, traced):
+        fill = _after_end(run.calls, steps)
         return run.x, jax.tree.map(fill, rows, _idle_row(run.st)), fill(traced, trace(run.x))
     # the loop is outside the `vmap`: batched, a while loop selects its whole carry, logs included, at every tick
     carry = lax.while_loop(lambda carry: jnp.any(jax.vmap(more)(carry[0])), lambda carry: jax.vmap(tick)(*carry),
