@@ -588,12 +588,14 @@ def bucket_index(size, # live levels (an `int` or a traced scalar)
     return sum(size + 1 > rows for rows in buckets[:-1])
 
 def head_rows(st: MiceState, rows: int) -> MiceState:
-    "The state cut to its first `rows` level rows."
+    "The state cut to its first `rows` level rows (the state itself when it has no more)."
+    if rows == st.n.shape[0]: return st
     return st._replace(**{f: getattr(st, f)[:rows] for f in _LEVEL_FIELDS})
 
 def put_head(st: MiceState, head: MiceState) -> MiceState:
     "`head` (from `head_rows`) with the rows past it taken from `st`."
     rows = head.n.shape[0]
+    if rows == st.n.shape[0]: return head
     return head._replace(**{f: getattr(st, f).at[:rows].set(getattr(head, f)) for f in _LEVEL_FIELDS})
 
 # %% ../../nbs/31_mice_compiled.ipynb #2e6068fb
@@ -624,9 +626,8 @@ MICE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 @partial(jax.jit, static_argnums=(0, 1, 2), static_argnames="rows", donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
 def _evaluate_compiled(cfg, grad, sampler, st, x, data, rows=None):
     "`mice_evaluate` on the first `rows` level rows (`None`: all of them)."
-    draw = _draw_fn(cfg, sampler, data)
-    if rows is None or rows == cfg.capacity: return mice_evaluate(cfg, grad, draw, st, x)
-    head, est, row = mice_evaluate(cfg._replace(capacity=rows), grad, draw, head_rows(st, rows), x)
+    rows = rows or cfg.capacity
+    head, est, row = mice_evaluate(cfg._replace(capacity=rows), grad, _draw_fn(cfg, sampler, data), head_rows(st, rows), x)
     return put_head(st, head), est, row
 
 def _config(dim, population, rows, capacity, grad, sampler, options, mesh=None) -> MiceConfig:
@@ -788,6 +789,12 @@ def _idle_row(st):
     nan = jnp.asarray(jnp.nan)
     return LogRow(jnp.zeros(len(EVENTS), jnp.int32), st.counter, st.size, nan, nan, nan, nan, nan, st.reason)
 
+def _blank_log(st: MiceState, length: int) -> LogRow:
+    "`length` log rows to be written, of the dtypes `_finish` gives them."
+    nan, blank = jnp.asarray(jnp.nan), jnp.zeros(length)
+    return LogRow(jnp.zeros((length, len(EVENTS)), jnp.int32), blank.astype(st.counter.dtype), blank.astype(st.size.dtype),
+                  *(blank + nan,) * 5, blank.astype(st.reason.dtype))
+
 def _after_end(calls, steps: int):
     "`fill(buffer, value)`: the buffer's first `steps` rows, with `value` in those after the run's `calls` (it ended: the steps idle)."
     idle = jnp.arange(steps) >= calls
@@ -798,7 +805,7 @@ def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, step
     draw, buckets, st = _draw_fn(cfg, sampler, data), row_buckets(cfg.capacity), mice_init(cfg, key, max_cost)
     going = lambda st, t: (t < steps) & (st.reason == 0)
     def segment(i):  # calls while the hierarchy keeps to bucket i: the level arrays are cut and put back once per segment
-        rows, whole = buckets[i], buckets[i] == cfg.capacity
+        rows = buckets[i]
         def call(carry):
             head, x, t, log, traced = carry
             head, g, row = mice_evaluate(cfg._replace(capacity=rows), grad, draw, head, x)
@@ -807,11 +814,10 @@ def _one_run(cfg, grad, sampler, trace, data, key, max_cost, x0, step_size, step
         def run(carry):
             st, *rest = carry
             stays = lambda c: going(c[0], c[2]) & (bucket_index(c[0].size, buckets) == i)
-            head, *rest = lax.while_loop(stays, call, (st if whole else head_rows(st, rows), *rest))
-            return (head if whole else put_head(st, head), *rest)
+            head, *rest = lax.while_loop(stays, call, (head_rows(st, rows), *rest))
+            return (put_head(st, head), *rest)
         return run
-    log = jax.tree.map(lambda s: jnp.zeros((steps,) + s.shape, s.dtype), jax.eval_shape(lambda st: mice_evaluate(cfg, grad, draw, st, x0)[2], st))
-    carry = (st, x0, jnp.asarray(0), log, jnp.zeros(steps, jax.eval_shape(trace, x0).dtype))
+    carry = (st, x0, jnp.asarray(0), _blank_log(st, steps), jnp.zeros(steps) + trace(x0))
     segments = [segment(i) for i in range(len(buckets))]
     if len(buckets) == 1: carry = segments[0](carry)
     else:  # a switch copies what it carries, so it is taken once per segment, not once per call
@@ -848,10 +854,8 @@ def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_siz
     def begin(key):
         st = mice_init(cfg, key, max_cost)
         _, loop = _begin(cfg, st, x0)  # the carry's shapes
-        nan, blank = jnp.asarray(jnp.nan), jnp.zeros(steps + 1)
-        rows = LogRow(jnp.zeros((steps + 1, len(EVENTS)), jnp.int32), blank.astype(st.counter.dtype),
-                      blank.astype(st.size.dtype), *(blank + nan,) * 5, blank.astype(st.reason.dtype))
-        return _Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), rows, blank + trace(x0)
+        blank = jnp.zeros(steps + 1)  # a spare last row takes the writes of ticks that close no call
+        return _Run(st, x0, loop, jnp.asarray(False), st.counter, jnp.asarray(0)), _blank_log(st, steps + 1), blank + trace(x0)
     def end(run, rows, traced):
         fill = _after_end(run.calls, steps)
         return run.x, jax.tree.map(fill, rows, _idle_row(run.st)), fill(traced, trace(run.x))
