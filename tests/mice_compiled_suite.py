@@ -89,7 +89,8 @@ def test_quantile_from_the_kept_order_statistics_is_numpys(count, q):
 # -- the same decisions as MICE on the same statistics --------------------------------------------------
 compiled = lambda f: jax.jit(f, static_argnums=0)  # one program per configuration, as inside the estimator
 SUMMARIES, TARGETS, POLICY, DROP = compiled(summaries), compiled(top_up_targets), compiled(apply_policy), compiled(try_drop)
-STOP = compiled(should_stop)
+# run op by op: the stopping threshold is part of the static configuration, so a jitted call would compile once per value
+STOP = should_stop
 
 def state_from(est, cfg):
     "A compiled state holding exactly the NumPy estimator's hierarchy."

@@ -28,8 +28,8 @@ __all__ = ['FEISTEL_ROUNDS', 'REASONS', 'LANES', 'SMALL_PRODUCT', 'RESAMPLE_CHUN
            'constrained_sizes', 'error_model', 'plan_cost', 'summaries', 'estimate_of', 'keep_smallest',
            'kept_for_quantile', 'quantile_from_kept', 'tolerance', 'should_stop', 'keep_from', 'try_drop',
            'try_restart', 'clip_candidate', 'try_clip', 'apply_policy', 'top_up_targets', 'growth_plan', 'grow_levels',
-           'LogRow', 'mice_evaluate', 'row_buckets', 'bucket_index', 'head_rows', 'put_head', 'default_rows',
-           'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
+           'LogRow', 'mice_evaluate', 'row_buckets', 'bucket_index', 'head_rows', 'fit_rows', 'put_head',
+           'default_rows', 'log_frame', 'CompiledMICE', 'MiceRuns', 'mice_runs']
 
 # %% ../../nbs/31_mice_compiled.ipynb #bf29ef9e
 FEISTEL_ROUNDS = 6 # rounds of the network: each level holds this many `uint32` round keys
@@ -592,6 +592,10 @@ def head_rows(st: MiceState, rows: int) -> MiceState:
     if rows == st.n.shape[0]: return st
     return st._replace(**{f: getattr(st, f)[:rows] for f in _LEVEL_FIELDS})
 
+def fit_rows(st: MiceState, rows: int) -> MiceState:
+    "The state with exactly `rows` level rows: cut to its head, or padded with empty rows."
+    return head_rows(st, rows) if rows <= st.n.shape[0] else grow_capacity(st, rows)
+
 def put_head(st: MiceState, head: MiceState) -> MiceState:
     "`head` (from `head_rows`) with the rows past it taken from `st`."
     rows = head.n.shape[0]
@@ -623,12 +627,9 @@ MICE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 # the state is donated: the call writes its level arrays in place instead of into new buffers (on the paper quadratic
 # driven from Python, 0.35 -> 0.31 ms per call); the state passed in is invalid afterwards
-@partial(jax.jit, static_argnums=(0, 1, 2), static_argnames="rows", donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
-def _evaluate_compiled(cfg, grad, sampler, st, x, data, rows=None):
-    "`mice_evaluate` on the first `rows` level rows (`None`: all of them)."
-    rows = rows or cfg.capacity
-    head, est, row = mice_evaluate(cfg._replace(capacity=rows), grad, _draw_fn(cfg, sampler, data), head_rows(st, rows), x)
-    return put_head(st, head), est, row
+@partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3, compiler_options=MICE_COMPILER_OPTIONS)
+def _evaluate_compiled(cfg, grad, sampler, st, x, data):
+    return mice_evaluate(cfg, grad, _draw_fn(cfg, sampler, data), st, x)
 
 def _config(dim, population, rows, capacity, grad, sampler, options, mesh=None) -> MiceConfig:
     "The static configuration, with every option checked by `MICE`'s constructor."
@@ -695,7 +696,7 @@ class CompiledMICE:
         self.cfg = self.state = self._unflatten = None
         # the hierarchy's size, the `REASONS` index and the evaluations spent after the last call, read once per call
         self._size = self._reason = self._counter = 0
-        self.capacity_log: list[tuple[int, int]] = [] # `(call, capacity)` whenever the level arrays were doubled
+        self.capacity_log: list[tuple[int, int]] = [] # `(call, capacity)` whenever the capacity was doubled
         self._log_rows: list[LogRow] = []
 
     @property
@@ -745,12 +746,15 @@ def evaluate(self, x, # the current iterate: an array or a pytree of arrays
                                "or build a new estimator")
         flat = self._flat(x)
         if self._size + 1 > self.cfg.capacity and self._size + 1 <= self.cfg.max_hierarchy_size:
-            capacity = 2 * self.cfg.capacity
-            self.cfg, self.state = self.cfg._replace(capacity=capacity), grow_capacity(self.state, capacity)
-            self.capacity_log.append((self.k, capacity))
-        buckets = row_buckets(self.cfg.capacity)  # chosen here, each bucket its own program: no branch in the program
-        self.state, est, row = _evaluate_compiled(self.cfg, self.grad, self.sampler, self.state, flat, self._data,
-                                                  rows=buckets[bucket_index(self._size, buckets)])
+            self.cfg = self.cfg._replace(capacity=2 * self.cfg.capacity)
+            self.capacity_log.append((self.k, self.cfg.capacity))
+        # the rows are chosen here, not by a branch in the program, and the state is kept at them: one program per row
+        # count, whatever the capacity it belongs to
+        buckets = row_buckets(self.cfg.capacity)
+        rows = buckets[bucket_index(self._size, buckets)]
+        self.state = fit_rows(self.state, rows)
+        self.state, est, row = _evaluate_compiled(self.cfg._replace(capacity=rows), self.grad, self.sampler, self.state,
+                                                  flat, self._data)
         self._log_rows.append(row)
         # one read of the call's outcome; `terminate` and the next call's capacity check use it without a device round trip
         self._size, self._reason, self._counter = (int(a) for a in jax.device_get((row.hier_length, row.reason, row.num_grads)))
