@@ -182,3 +182,17 @@ def test_sharded_mice_makes_the_same_decisions_on_the_same_samples():
     for column in ("event", "num_grads", "hier_length"):
         np.testing.assert_array_equal(log_many[column].to_numpy(), log_one[column].to_numpy())
     with pytest.raises(ValueError, match="rows must be a multiple"): CompiledMICE(quad_grad, uniform, rows=20, mesh=MESH)
+
+
+def test_runs_split_over_devices_are_the_runs_on_one_device():
+    "Each device advances its share of the runs in lockstep: 10 seeds are padded to 16, two per device, and cut back."
+    from opt_lab.mice import mice_runs
+    seeds = 10
+    keys = jax.random.split(jax.random.key(5), seeds)
+    one, split = (mice_runs(quad_grad, uniform, np.array([20.0, 50.0]), 1 / 200.5, 80, keys, max_cost=4000, mesh=mesh)
+                  for mesh in (None, MESH))
+    assert split.x.shape == (seeds, 2) and split.traced.shape == (seeds, 80)
+    np.testing.assert_allclose(np.asarray(split.x), np.asarray(one.x), rtol=1e-9)
+    for field in ("num_grads", "hier_length", "events", "reason"):
+        np.testing.assert_array_equal(np.asarray(getattr(split.rows, field)), np.asarray(getattr(one.rows, field)))
+    assert len({float(a) for a in np.asarray(split.x)[:, 0]}) == seeds  # every run its own

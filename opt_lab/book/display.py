@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 import io
+import json
+import subprocess
 import sys
 import time
 
@@ -17,7 +19,8 @@ import numpy as np
 from ..core import PALETTE, as_generator, check_int, check_positive
 
 # %% auto #0
-__all__ = ['set_theme', 'Explorer', 'sample_mean_path', 'plot_sample_mean_path', 'sample_mean_explorer', 'progress_reporter']
+__all__ = ['set_theme', 'Explorer', 'sample_mean_path', 'plot_sample_mean_path', 'sample_mean_explorer', 'progress_reporter',
+           'on_cpu_devices']
 
 # %% ../../nbs/01_display.ipynb #5fdbe92e
 def set_theme(font_size: float=10, # base font size in points
@@ -150,3 +153,16 @@ def progress_reporter(title: str, # the start of every line, e.g. "bench optim"
         done[0] += 1
         print(f"{title} [{done[0]}/{total}] {label} ({time.perf_counter() - start:.1f} s)", file=stream or sys.stderr, flush=True)
     return report
+
+# %% ../../nbs/01_display.ipynb #511ec1c5
+def on_cpu_devices(devices: int, # CPU devices the process simulates (`jax_num_cpu_devices`)
+                   module: str, # where `function` lives
+                   function: str, # a function returning JSON-serialisable results
+                   **options, # its keyword arguments (literals)
+                  ):
+    "`function(**options)` in a fresh Python process with `devices` CPU devices and x64 on: the setting a process can only choose before JAX starts."
+    script = (f"import jax, json; jax.config.update('jax_num_cpu_devices', {devices}); jax.config.update('jax_enable_x64', True); "
+              f"from {module} import {function}; print(json.dumps({function}(**{options!r})))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if run.returncode: raise RuntimeError(f"the {devices}-device run of {function} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])

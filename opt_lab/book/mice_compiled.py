@@ -5,6 +5,7 @@
 # %% ../../nbs/32_mice_compiled_bench.ipynb #2a92d2fe
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
@@ -14,10 +15,11 @@ import numpy as np
 import pandas as pd
 from jax import lax
 
-from .display import progress_reporter
+from .display import on_cpu_devices, progress_reporter
 from .mice_logistic import (_best_time, _bookkeeping, _mice_makers, _prepare, _reference_logistic, logistic_mice,
                                         logistic_problem, svrg)
 from .mice_quadratic import evaluations_to, random_quadratic, run_mice
+
 from ..mice.compiled import (CompiledMICE, MiceState, _append, _config, _evaluate_compiled, grow_levels, _draw_fn,
                                    mice_init, mice_runs)
 from ..mice.estimator import MICE
@@ -25,7 +27,7 @@ from ..mice.policy import DropRestartClipPolicy
 
 # %% auto #0
 __all__ = ['LOGISTIC_LAMBDA', 'quadratic_grad', 'uniform_thetas', 'quadratic_gap', 'logistic_grad', 'logistic_loss', 'svrg_jax',
-           'separable_grad', 'bench_mice_compiled']
+           'split_runs_seconds', 'separable_grad', 'bench_mice_compiled']
 
 # %% ../../nbs/32_mice_compiled_bench.ipynb #f781f29c
 _H0, _H1, _B = np.eye(2), np.array([[200.0, 0.5], [0.5, 1.0]]), np.ones(2)  # the quadratic chapter's problem, kappa = 100
@@ -139,6 +141,18 @@ def _logistic_per_call(reference, logistic, repeats):
                                    **options).traced
     return _per_call_rows("logistic", make, runs, logistic["x0"], 1 / logistic["L"], 150, numpy_ms, repeats)
 
+# %% ../../nbs/32_mice_compiled_bench.ipynb #5e1d7c2a
+def split_runs_seconds(seeds: int=100, # runs of the paper quadratic
+                       repeats: int=2, # warm timings (the best is kept)
+                      ) -> float: # seconds, compilation excluded
+    "`mice_runs` of the seeds-rows' setting split over all this process's devices (run it with several: `on_cpu_devices`)."
+    quad = random_quadratic()
+    mesh = jax.make_mesh((jax.device_count(),), ("runs",))
+    runs = lambda: mice_runs(quadratic_grad, uniform_thetas, quad["x0"], 1 / quad["L"], 600, seeds, trace=quadratic_gap,
+                             max_cost=20_000, mesh=mesh).traced
+    jax.block_until_ready(runs())
+    return _best_time(lambda: jax.block_until_ready(runs()), repeats)
+
 # %% ../../nbs/32_mice_compiled_bench.ipynb #381f95c6
 def _seed_rows(seeds, report):
     quad = random_quadratic()
@@ -165,15 +179,22 @@ def _seed_rows(seeds, report):
     report("evaluations to 1e-4")
     quartiles = lambda v: "{:.0f} (IQR {:.0f}–{:.0f}, {} of {} reached)".format(*np.nanpercentile(v, [50, 25, 75]),
                                                                             int(np.isfinite(v).sum()), seeds)
-    return [(f"{seeds} seeds, quadratic: seconds, NumPy path one after another", "opt_lab", numpy_s),
+    rows = [(f"{seeds} seeds, quadratic: seconds, NumPy path one after another", "opt_lab", numpy_s),
             (f"{seeds} seeds, quadratic: seconds, compiled one after another (one run x {seeds})", "opt_lab compiled", compiled_s),
             (f"{seeds} seeds, quadratic: seconds, compiled and vmapped (first call with compilation: {first:.1f} s)",
              "opt_lab compiled", vmapped_s),
             (f"{seeds} seeds: NumPy sequential / vmapped", "ratio", numpy_s / vmapped_s),
-            (f"{seeds} seeds: compiled sequential / vmapped", "ratio", compiled_s / vmapped_s),
-            (f"{seeds} seeds, quadratic: evaluations to gap 1e-4, median", "opt_lab", quartiles(np.array(numpy, float))),
-            (f"{seeds} seeds, quadratic: evaluations to gap 1e-4, median", "opt_lab compiled vmapped",
-             quartiles(np.array(vmapped, float)))]
+            (f"{seeds} seeds: compiled sequential / vmapped", "ratio", compiled_s / vmapped_s)]
+    cores = os.cpu_count() or 1
+    if cores > 1:  # not the default: every core, where the NumPy path uses one
+        split_s = on_cpu_devices(cores, "opt_lab.book.mice_compiled", "split_runs_seconds", seeds=seeds)
+        rows += [(f"{seeds} seeds, quadratic: seconds, vmapped and split over {cores} CPU devices (mesh=, "
+                  f"jax_num_cpu_devices={cores} in a process of its own: all {cores} cores)", "opt_lab compiled", split_s),
+                 (f"{seeds} seeds: NumPy sequential (one core) / split over {cores} CPU devices", "ratio", numpy_s / split_s)]
+        report(f"runs split over {cores} devices")
+    return rows + [
+        (f"{seeds} seeds, quadratic: evaluations to gap 1e-4, median", "opt_lab", quartiles(np.array(numpy, float))),
+        (f"{seeds} seeds, quadratic: evaluations to gap 1e-4, median", "opt_lab compiled vmapped", quartiles(np.array(vmapped, float)))]
 
 # %% ../../nbs/32_mice_compiled_bench.ipynb #37aaca8a
 def _wall_time_rows(logistic):
@@ -250,7 +271,8 @@ def bench_mice_compiled(repeats: int=3, # warm runs per timing (the best is kept
         reference = None
     logistic = logistic_problem()
     _prepare(logistic)
-    report = progress_reporter("bench mice-compiled", 6 + len(dims) * len(sizes), enabled=progress)
+    studies = 6 + ((os.cpu_count() or 1) > 1) + len(dims) * len(sizes)  # the runs split over the cores when there are several
+    report = progress_reporter("bench mice-compiled", studies, enabled=progress)
     with jax.enable_x64(True):  # the traces and the SVRG baseline in float64, as the estimators
         rows = _quadratic_per_call(reference, repeats)
         report("quadratic per call")

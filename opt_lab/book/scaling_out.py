@@ -5,9 +5,6 @@
 # %% ../../nbs/70_scaling_out.ipynb #197c65e8
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +15,7 @@ import numpy as np
 from ..core import pd
 from ..em.fitting import IncrementalEMFitter
 from ..em.nig import NormalInverseGaussian
+from .display import on_cpu_devices
 from .em_family_tutorial import bench_em
 
 # %% auto #0
@@ -50,14 +48,6 @@ def device_row(n: int=1 << 20, # rows in memory
     return dict(devices=devices, seconds=seconds, points_per_s=steps * batch_size / seconds)
 
 # %% ../../nbs/70_scaling_out.ipynb #ff98a31a
-def _row_in_process(devices: int, **options) -> dict:
-    "`device_row` in a fresh Python process with `devices` simulated CPU devices."
-    script = (f"import jax, json; jax.config.update('jax_num_cpu_devices', {devices}); jax.config.update('jax_enable_x64', True); "
-              f"from opt_lab.book.scaling_out import device_row; print(json.dumps(device_row(**{options!r})))")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    if run.returncode: raise RuntimeError(f"the {devices}-device run failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
 def stream_row(n: int=1 << 20, batch_size: int=8192, steps: int=100, repeats: int=3) -> dict:
     "The streamed fit (`fit_stream` from a `.npy` file) against the in-memory fit of the same data, one device."
     law = NormalInverseGaussian.from_classical(**SCALING_LAW)
@@ -79,7 +69,7 @@ def scaling_rows(device_counts: tuple=(1, 2, 4, 8), # simulated CPU device count
     base = None
     rows = []
     for devices in device_counts:
-        row = _row_in_process(devices, **options)
+        row = on_cpu_devices(devices, "opt_lab.book.scaling_out", "device_row", **options)
         base = base or row["points_per_s"]
         rows.append(dict(workload=f"incremental, n=2^20, d=4, 100 x 8192, {devices} simulated CPU device(s)",
                          rule="RobbinsMonro(10)", warm_ms=row["seconds"] * 1e3, points_per_s=row["points_per_s"],

@@ -869,13 +869,22 @@ def _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_siz
     return jax.vmap(end)(*carry)
 
 # %% ../../nbs/31_mice_compiled.ipynb #8be667ae
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 9), compiler_options=MICE_COMPILER_OPTIONS)
-def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps):
+def _runs_here(cfg, grad, sampler, trace, steps, data, keys, max_cost, x0, step_size):
+    "The runs of `keys` on one device."
     if keys.shape[0] > 1: return _lockstep_runs(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps)
     # alone, a scan over whole calls has less to carry; it runs unbatched (a batch of one would turn every branch into
     # both branches and a select, and every while loop into one that selects its carry: twice the time per call)
     alone = _one_run(cfg, grad, sampler, trace, data, keys[0], max_cost, x0, step_size, steps)
     return jax.tree_util.tree_map(lambda a: a[None], alone)
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 9, 10), compiler_options=MICE_COMPILER_OPTIONS)
+def _runs_compiled(cfg, grad, sampler, trace, data, keys, max_cost, x0, step_size, steps, mesh=None):
+    runs = partial(_runs_here, cfg, grad, sampler, trace, steps)
+    if mesh is not None:  # each device advances its share of the runs in lockstep, its loops ending with its own runs
+        split = rows_spec(mesh)
+        # no collectives: nothing to check the replication of (the check would ask every branch to mark what varies)
+        runs = jax.shard_map(runs, mesh=mesh, in_specs=(P(), split, P(), P(), P()), out_specs=split, check_vma=False)
+    return runs(data, keys, max_cost, x0, step_size)
 
 class MiceRuns(NamedTuple):
     "The result of `mice_runs`."
@@ -898,9 +907,11 @@ def mice_runs(grad, # `grad(x, thetas) -> (m, d)`, traceable by JAX, on the flat
               trace=_no_trace, # `trace(x) -> scalar` recorded after every step (hashable: a module-level function)
               rows: int | None=None, # samples drawn per chunk; `None`: `default_rows`
               capacity: int=16, # levels the arrays hold; doubled and recompiled if any run outgrows it
+              mesh: Mesh | None=None, # split the runs over this device mesh, each device running its share
               **options, # `MICE`'s options
              ) -> MiceRuns:
     "Many seeded SGD-MICE runs as one compiled program, `vmap`ped over seeds and advanced a growth pass at a time."
+    mesh = data_mesh(None, mesh)
     data, population = _data_rows(sampler)
     x0 = np.asarray(x0, dtype=float)
     if x0.ndim != 1 or not np.isfinite(x0).all(): raise ValueError(f"x0 must be a finite flat vector, got shape {x0.shape}")
@@ -908,10 +919,14 @@ def mice_runs(grad, # `grad(x, thetas) -> (m, d)`, traceable by JAX, on the flat
     fn = None if data is not None else sampler
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.key(0), check_int("seeds", seeds, minimum=1)) if isinstance(seeds, int) else seeds
+        runs = keys.shape[0]
+        if mesh is not None and runs % mesh.size:  # every device gets as many runs: the last key repeats, its runs are cut
+            keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], -runs % mesh.size, axis=0)])
         cfg = _config(x0.size, population, rows, capacity, grad, fn, options)._replace(lockstep=True)
         device_data = None if data is None else jnp.asarray(data, jnp.float64)
         while True:
             x, rows_, traced = _runs_compiled(cfg, grad, fn, trace, device_data, keys, float(options.get("max_cost", math.inf)),
-                                            jnp.asarray(x0), float(step_size), steps)
-            if not bool((rows_.reason == 5).any()): return MiceRuns(x, rows_, traced, cfg.capacity)
+                                            jnp.asarray(x0), float(step_size), steps, mesh)
+            if not bool((rows_.reason == 5).any()):
+                return MiceRuns(*jax.tree_util.tree_map(lambda a: a[:runs], (x, rows_, traced)), cfg.capacity)
             cfg = cfg._replace(capacity=2 * cfg.capacity)
