@@ -27,7 +27,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['BENCHMARKS', 'process_notebooks', 'strip_order_prefixes', 'katex_assets', 'localize_site', 'render_site',
            'build_docs', 'serve_site', 'notebook_markdown', 'readme_path', 'write_readme', 'tree_fingerprint',
-           'changed_files', 'test_notebooks', 'shared_compilation_cache', 'run_checks', 'run_benchmark', 'main']
+           'changed_files', 'test_notebooks', 'run_checks', 'run_benchmark', 'main']
 
 # %% ../nbs/90_cli.ipynb #84da9025
 def _config():
@@ -257,18 +257,6 @@ def test_notebooks(notebooks: list[Path], # the notebooks to test
           + (f"; failed: {', '.join(sorted(failed))}" if failed else ""), flush=True)
     return len(failed)
 
-# %% ../nbs/90_cli.ipynb #d8cba10d
-@contextlib.contextmanager
-def shared_compilation_cache():
-    "A fresh JAX compilation cache folder for the processes started inside (notebook workers, pytest and its workers), removed on exit."
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the caller's own cache
-        yield os.environ["JAX_COMPILATION_CACHE_DIR"]
-        return
-    with tempfile.TemporaryDirectory(prefix="opt_lab-xla-cache-") as folder:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
-        try: yield folder
-        finally: del os.environ["JAX_COMPILATION_CACHE_DIR"]
-
 # %% ../nbs/90_cli.ipynb #5104cecb
 def _pytest_workers() -> list[str]:
     "Two pytest workers when pytest-xdist is installed and there are two cores: a test module stays on one worker (its fixtures build once)."
@@ -295,9 +283,8 @@ def run_checks(pytest_args: list[str]=(), # extra arguments for pytest
         print(f"nbdev_test would find no notebooks under {cfg.nbs_path}")
         return 1
     print(f"\n== notebooks: {len(notebooks)} to test", flush=True)
-    with shared_compilation_cache():
-        if test_notebooks(notebooks): return 1
-        code = _step("pytest", [sys.executable, "-m", "pytest", "tests", *_pytest_workers(), *pytest_args], root)
+    if test_notebooks(notebooks): return 1
+    code = _step("pytest", [sys.executable, "-m", "pytest", "tests", *_pytest_workers(), *pytest_args], root)
     print(f"\nAll checks {'passed' if code == 0 else 'FAILED'} in {time.perf_counter() - t0:.1f}s")
     return code
 
