@@ -142,39 +142,45 @@ def _logistic_per_call(reference, logistic, repeats):
     return _per_call_rows("logistic", make, runs, logistic["x0"], 1 / logistic["L"], 150, numpy_ms, repeats)
 
 # %% ../../nbs/32_mice_compiled_bench.ipynb #5e1d7c2a
+_SEED_STEPS, _SEED_BUDGET = 600, 20_000 # each of the many-seeds runs: at most this many steps and evaluations
+
+def _seed_runs(seeds, # an `int` or a batch of keys, as `mice_runs` takes
+              mesh=None, # split the runs over this mesh
+             ):
+    "`mice_runs` on the paper quadratic with the many-seeds rows' setting, the gap traced after every step."
+    quad = random_quadratic()
+    return mice_runs(quadratic_grad, uniform_thetas, quad["x0"], 1 / quad["L"], _SEED_STEPS, seeds, trace=quadratic_gap,
+                     max_cost=_SEED_BUDGET, mesh=mesh)
+
 def split_runs_seconds(seeds: int=100, # runs of the paper quadratic
                        repeats: int=2, # warm timings (the best is kept)
                       ) -> float: # seconds, compilation excluded
-    "`mice_runs` of the seeds-rows' setting split over all this process's devices (run it with several: `on_cpu_devices`)."
-    quad = random_quadratic()
+    "`_seed_runs` split over all this process's devices (run it with several: `on_cpu_devices`)."
     mesh = jax.make_mesh((jax.device_count(),), ("runs",))
-    runs = lambda: mice_runs(quadratic_grad, uniform_thetas, quad["x0"], 1 / quad["L"], 600, seeds, trace=quadratic_gap,
-                             max_cost=20_000, mesh=mesh).traced
-    jax.block_until_ready(runs())
-    return _best_time(lambda: jax.block_until_ready(runs()), repeats)
+    jax.block_until_ready(_seed_runs(seeds, mesh).traced)
+    return _best_time(lambda: jax.block_until_ready(_seed_runs(seeds, mesh).traced), repeats)
 
 # %% ../../nbs/32_mice_compiled_bench.ipynb #381f95c6
 def _seed_rows(seeds, report):
     quad = random_quadratic()
-    step, steps, budget = 1 / quad["L"], 600, 20_000
+    step = 1 / quad["L"]
     def numpy_runs():
         for s in range(seeds):
-            est, x = MICE(quad["grad"], quad["sampler"], max_cost=budget, seed=s), quad["x0"].copy()
-            while not est.terminate and est.k < steps: x = x - step * est(x)
-    runs = lambda n: mice_runs(quadratic_grad, uniform_thetas, quad["x0"], step, steps, n, trace=quadratic_gap, max_cost=budget)
+            est, x = MICE(quad["grad"], quad["sampler"], max_cost=_SEED_BUDGET, seed=s), quad["x0"].copy()
+            while not est.terminate and est.k < _SEED_STEPS: x = x - step * est(x)
     numpy_s = _best_time(numpy_runs, 1)
     report("sequential NumPy runs")
-    jax.block_until_ready(runs(1).traced)
-    compiled_s = _best_time(lambda: jax.block_until_ready(runs(1).traced), 3) * seeds
+    jax.block_until_ready(_seed_runs(1).traced)
+    compiled_s = _best_time(lambda: jax.block_until_ready(_seed_runs(1).traced), 3) * seeds
     start = time.perf_counter()
-    jax.block_until_ready(runs(seeds).traced)
+    jax.block_until_ready(_seed_runs(seeds).traced)
     first = time.perf_counter() - start
-    vmapped_s = _best_time(lambda: jax.block_until_ready(runs(seeds).traced), 2)
+    vmapped_s = _best_time(lambda: jax.block_until_ready(_seed_runs(seeds).traced), 2)
     report("vmapped runs")
-    result = runs(seeds)
+    result = _seed_runs(seeds)
     gaps, grads = np.asarray(result.traced), np.asarray(result.rows.num_grads)
     vmapped = [grads[s][gaps[s] <= 1e-4][0] if (gaps[s] <= 1e-4).any() else np.nan for s in range(seeds)]
-    numpy = [evaluations_to(run_mice(MICE(quad["grad"], quad["sampler"], max_cost=budget, seed=s), quad), (1e-4,))[0]
+    numpy = [evaluations_to(run_mice(MICE(quad["grad"], quad["sampler"], max_cost=_SEED_BUDGET, seed=s), quad), (1e-4,))[0]
              for s in range(seeds)]
     report("evaluations to 1e-4")
     quartiles = lambda v: "{:.0f} (IQR {:.0f}–{:.0f}, {} of {} reached)".format(*np.nanpercentile(v, [50, 25, 75]),
